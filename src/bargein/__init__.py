@@ -1,0 +1,3 @@
+"""bargein: interruption handling for voice agents."""
+
+__version__ = "0.1.0"

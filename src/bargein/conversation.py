@@ -1,0 +1,91 @@
+"""The conversation as the agent remembers it, and what the next LLM call sees.
+
+The stored history holds only what happened: user turns, and assistant messages cut to
+the words the user actually heard (``interrupted=True`` when cut). The instructions that
+tell the model how to carry on after an interruption are added per call by
+:func:`build_llm_input`, never stored, so a later turn does not inherit a stale "you
+were interrupted" note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from bargein.policy import ReplyMode
+from bargein.providers.base import ChatMessage
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Answer in a few natural spoken sentences."
+)
+
+
+@dataclass(frozen=True)
+class InterruptedReply:
+    """What the last reply got across before the user cut in."""
+
+    heard: str
+    unsaid: str
+
+
+@dataclass
+class Conversation:
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    messages: list[ChatMessage] = field(default_factory=list)
+
+    def add_user(self, text: str) -> None:
+        self.messages.append(ChatMessage("user", text))
+
+    def extend_last_user(self, text: str) -> None:
+        """Merge words the user added while the agent was still thinking into their turn."""
+        for i in range(len(self.messages) - 1, -1, -1):
+            message = self.messages[i]
+            if message.role == "user":
+                joined = f"{message.content} {text}".strip() if text else message.content
+                self.messages[i] = replace(message, content=joined)
+                return
+            if message.role == "assistant":
+                break
+        self.add_user(text)
+
+    def add_assistant(self, text: str, *, interrupted: bool = False) -> None:
+        self.messages.append(ChatMessage("assistant", text, interrupted=interrupted))
+
+    def last_assistant(self) -> ChatMessage | None:
+        for message in reversed(self.messages):
+            if message.role == "assistant":
+                return message
+        return None
+
+
+def build_llm_input(
+    conversation: Conversation,
+    mode: ReplyMode,
+    interrupted: InterruptedReply | None = None,
+) -> list[ChatMessage]:
+    """The message list for the next LLM call under a restart policy.
+
+    ``restart`` hides the cut-off reply; ``respond`` shows it, marked, and asks for an
+    acknowledgement; ``resume`` shows it and asks to carry on with the unsaid rest.
+    """
+    history: Sequence[ChatMessage] = conversation.messages
+    if mode == "restart":
+        cut = conversation.last_assistant()
+        if cut is not None and cut.interrupted:
+            history = [m for m in history if m is not cut]
+    out = [ChatMessage("system", conversation.system_prompt), *history]
+    if interrupted is None or mode in ("turn", "restart", "merge"):
+        return out
+    if mode == "respond":
+        note = (
+            "The user interrupted your previous reply. They heard only: "
+            f'"{interrupted.heard}". Briefly acknowledge what they just said and answer '
+            "it; do not repeat what they already heard."
+        )
+    else:
+        note = (
+            "The user interrupted your previous reply and wants you to go on. Continue "
+            "from exactly where you stopped; what you had not said yet was: "
+            f'"{interrupted.unsaid}"'
+        )
+    return [*out, ChatMessage("system", note)]

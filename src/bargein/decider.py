@@ -1,0 +1,191 @@
+"""Tier 2: is the user taking the floor, or was that an "uh-huh", a cough, a noise?
+
+The policy pauses the agent on raw voice activity (tier 1) and then asks a
+:class:`Decider` until it answers. A decider sees only what the policy has gathered
+about the overlapping speech (:class:`Overlap`) and the current time, and returns a
+:class:`Decision` or ``None`` ("not yet"). It is the one replaceable component of the
+policy: :class:`RuleDecider` is the default, and a trained classifier can take its place
+without touching the state machine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+DecisionKind = Literal["commit", "resume"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: DecisionKind
+    reason: str
+
+
+@dataclass
+class Overlap:
+    """What is known about user speech that started while the agent held the floor."""
+
+    onset_at: float
+    agent_audible: bool
+    """Whether the agent's audio had started playing when the user started."""
+    speech_active: bool = True
+    speech_ended_at: float | None = None
+    partials: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+    final_words: tuple[str, ...] | None = None
+
+    @property
+    def latest_words(self) -> tuple[str, ...]:
+        if self.final_words is not None:
+            return self.final_words
+        return self.partials[-1][1] if self.partials else ()
+
+
+class Decider(Protocol):
+    def decide(self, overlap: Overlap, now: float) -> Decision | None:
+        """Commit, resume, or ``None`` to wait for more evidence."""
+        ...
+
+    def deadline(self, overlap: Overlap) -> float | None:
+        """The next time at which :meth:`decide` may answer without a new event."""
+        ...
+
+
+INTERRUPT_PHRASES: tuple[str, ...] = (
+    "stop",
+    "wait",
+    "no",
+    "nope",
+    "hold on",
+    "hang on",
+    "sorry",
+    "excuse me",
+    "pardon",
+    "actually",
+    "cancel",
+    "enough",
+    "quiet",
+    "shut up",
+)
+
+BACKCHANNEL_PHRASES: tuple[str, ...] = (
+    "uh huh",
+    "mm hmm",
+    "i see",
+    "got it",
+    "all right",
+    "uh",
+    "huh",
+    "um",
+    "hm",
+    "hmm",
+    "mm",
+    "mhm",
+    "ah",
+    "aha",
+    "oh",
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "right",
+    "okay",
+    "ok",
+    "alright",
+    "sure",
+    "cool",
+    "great",
+    "nice",
+    "wow",
+    "really",
+    "true",
+    "exactly",
+    "indeed",
+    "fine",
+    "good",
+)
+
+
+def normalize_words(words: Sequence[str]) -> tuple[str, ...]:
+    """Lower-case, punctuation-free tokens; hyphenated words split ("uh-huh" -> uh, huh)."""
+    out: list[str] = []
+    for word in words:
+        out.extend(t for t in re.split(r"[^a-z']+", word.lower()) if t)
+    return tuple(out)
+
+
+def _find_phrase(words: tuple[str, ...], phrases: Sequence[str]) -> str | None:
+    text = " " + " ".join(words) + " "
+    for phrase in phrases:
+        if f" {phrase} " in text:
+            return phrase
+    return None
+
+
+def only_backchannel(words: tuple[str, ...], phrases: Sequence[str] = BACKCHANNEL_PHRASES) -> bool:
+    """True when ``words`` can be covered entirely by backchannel phrases (or is empty)."""
+    by_length = sorted((tuple(p.split()) for p in phrases), key=len, reverse=True)
+    i = 0
+    while i < len(words):
+        for phrase in by_length:
+            if words[i : i + len(phrase)] == phrase:
+                i += len(phrase)
+                break
+        else:
+            return False
+    return True
+
+
+@dataclass
+class RuleDecider:
+    """The default tier-2 rule.
+
+    - an interrupting word (stop, wait, no, hold on, sorry, excuse me...) commits as soon
+      as the recogniser has held it in two consecutive partial hypotheses, or in the
+      final one; partials flicker, and one frame of "no" inside "oh" is not a command;
+    - speech still going ``commit_after_s`` after the onset commits;
+    - speech that ended before that resumes if its final words are only backchannel or
+      none at all, and commits otherwise. If the final words do not arrive within
+      ``final_wait_s`` of the end, the latest partial stands in for them.
+    """
+
+    commit_after_s: float = 0.8
+    final_wait_s: float = 0.3
+    interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
+    backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
+
+    def decide(self, overlap: Overlap, now: float) -> Decision | None:
+        word = self._interrupt_word(overlap)
+        if word is not None:
+            return Decision("commit", f"word:{word}")
+        if overlap.speech_active:
+            if now - overlap.onset_at >= self.commit_after_s:
+                return Decision("commit", "duration")
+            return None
+        ended = overlap.speech_ended_at if overlap.speech_ended_at is not None else now
+        if overlap.final_words is None and now < ended + self.final_wait_s:
+            return None
+        words = normalize_words(overlap.latest_words)
+        if not words:
+            return Decision("resume", "no-words")
+        if only_backchannel(words, self.backchannel_phrases):
+            return Decision("resume", "backchannel:" + " ".join(words))
+        return Decision("commit", "words:" + " ".join(words))
+
+    def deadline(self, overlap: Overlap) -> float | None:
+        if overlap.speech_active:
+            return overlap.onset_at + self.commit_after_s
+        if overlap.final_words is None and overlap.speech_ended_at is not None:
+            return overlap.speech_ended_at + self.final_wait_s
+        return None
+
+    def _interrupt_word(self, overlap: Overlap) -> str | None:
+        if overlap.final_words is not None:
+            return _find_phrase(normalize_words(overlap.final_words), self.interrupt_phrases)
+        if len(overlap.partials) < 2:
+            return None
+        last = _find_phrase(normalize_words(overlap.partials[-1][1]), self.interrupt_phrases)
+        before = _find_phrase(normalize_words(overlap.partials[-2][1]), self.interrupt_phrases)
+        return last if last is not None and last == before else None

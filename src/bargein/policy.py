@@ -1,0 +1,549 @@
+"""The floor policy: who holds the floor, and what happens when the user talks over the agent.
+
+Rules of this module:
+
+1. Everything that decides who has the floor lives in this file. The tier-2 judgement
+   (real bid for the floor, or backchannel/noise) is delegated to a
+   :class:`~bargein.decider.Decider`, but *acting* on it happens only here.
+2. No I/O, no clock. Every event carries its own timestamp ``at`` (seconds, any origin,
+   non-decreasing). :meth:`FloorPolicy.handle` returns the actions the runtime must
+   carry out, in order.
+3. Timers belong to the caller: ask :meth:`FloorPolicy.next_deadline` and send
+   :class:`Tick` when it passes. A tick early or late is harmless.
+4. An event the current state cannot receive raises :class:`PolicyError`. The one
+   exception is a report about a reply that is no longer current (a late playout
+   report after a cancel, say): real transports deliver those, so they are ignored.
+5. Every state change goes through :data:`TRANSITIONS`; the docs' diagram is drawn from
+   the same table (``python -m bargein.policy``).
+
+The six steps of an interruption, all in :meth:`FloorPolicy._on_speech_started`,
+:meth:`FloorPolicy._decide` and :meth:`FloorPolicy._commit`:
+
+1. detect: user speech starts while the agent is THINKING or SPEAKING;
+2. tier 1: pause (or duck) the agent's audio on the same frame (state TENTATIVE);
+3. tier 2: ask the decider until it commits or resumes;
+4. commit: flush output, cancel the reply (LLM and TTS together), truncate the assistant
+   message to what was played; then 6. yield the floor (YIELDED) until the user's turn
+   ends, and start the next reply under the session's restart policy;
+5. resume: continue the paused audio from the exact sample it stopped at.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bargein.decider import Decider, Overlap, RuleDecider
+
+RestartPolicy = Literal["restart", "respond", "resume"]
+ReplyMode = Literal["turn", "restart", "respond", "resume", "merge"]
+Tier1 = Literal["pause", "duck"]
+
+
+class PolicyError(RuntimeError):
+    """An event arrived that the policy's current state cannot receive."""
+
+
+class Floor(enum.Enum):
+    LISTENING = "listening"  # no reply in flight; the user may be talking
+    THINKING = "thinking"  # reply requested, nothing played yet
+    SPEAKING = "speaking"  # the agent's audio is playing
+    TENTATIVE = "tentative"  # user speech over the agent; output paused/ducked; tier 2 deciding
+    YIELDED = "yielded"  # interruption committed; listening until the user's turn ends
+
+
+# ---------------------------------------------------------------------------------------
+# Events (inputs)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    at: float
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    at: float
+
+
+@dataclass(frozen=True)
+class Words:
+    """Recogniser output for the user's current utterance."""
+
+    at: float
+    words: tuple[str, ...]
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class RequestReply:
+    """Ask for a reply now, as if the user's turn had just ended (API, tests, benchmark)."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    at: float
+    reply_id: int
+
+
+@dataclass(frozen=True)
+class Playout:
+    """The sink's playback cursor for a reply: samples actually played.
+
+    ``complete`` is true once the reply is fully generated and every sample of it played.
+    """
+
+    at: float
+    reply_id: int
+    played: int
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyFailed:
+    at: float
+    reply_id: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    at: float
+
+
+Event = (
+    SpeechStarted | SpeechEnded | Words | RequestReply | FirstToken | Playout | ReplyFailed | Tick
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Actions (outputs)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartReply:
+    reply_id: int
+    mode: ReplyMode
+    user_words: tuple[str, ...]
+    after_reply: int | None = None
+    """The interrupted reply this one follows, if any."""
+
+
+@dataclass(frozen=True)
+class PauseOutput:
+    reply_id: int
+
+
+@dataclass(frozen=True)
+class DuckOutput:
+    reply_id: int
+
+
+@dataclass(frozen=True)
+class ResumeOutput:
+    reply_id: int
+
+
+@dataclass(frozen=True)
+class FlushOutput:
+    reply_id: int
+
+
+@dataclass(frozen=True)
+class CancelReply:
+    reply_id: int
+
+
+@dataclass(frozen=True)
+class Truncate:
+    """Cut the reply's assistant message to the first ``played`` samples, mark it interrupted."""
+
+    reply_id: int
+    played: int
+
+
+@dataclass(frozen=True)
+class ReplyFinished:
+    """The reply played to its end: record it whole."""
+
+    reply_id: int
+
+
+Action = (
+    StartReply
+    | PauseOutput
+    | DuckOutput
+    | ResumeOutput
+    | FlushOutput
+    | CancelReply
+    | Truncate
+    | ReplyFinished
+)
+
+
+# ---------------------------------------------------------------------------------------
+# The timeline of one interruption
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class InterruptionRecord:
+    """Everything measured about one overlap; the runtime fills in the last four fields."""
+
+    reply_id: int
+    onset_at: float
+    tier1: Tier1 | Literal["hold"]
+    tier1_at: float
+    decision: Literal["commit", "resume"] | None = None
+    reason: str = ""
+    decided_at: float | None = None
+    flushed_at: float | None = None
+    cancelled_at: float | None = None
+    resumed_at: float | None = None
+    played_at_decision: int = 0
+    user_words: tuple[str, ...] = ()
+    tokens_after_cancel: int | None = None
+    heard_text: str | None = None
+    recorded_text: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Transitions
+# ---------------------------------------------------------------------------------------
+
+TRANSITIONS: dict[tuple[Floor, str], Floor] = {
+    (Floor.LISTENING, "reply requested"): Floor.THINKING,
+    (Floor.LISTENING, "user turn ended"): Floor.THINKING,
+    (Floor.THINKING, "first audio played"): Floor.SPEAKING,
+    (Floor.THINKING, "user speech"): Floor.TENTATIVE,
+    (Floor.THINKING, "reply failed"): Floor.LISTENING,
+    (Floor.SPEAKING, "user speech"): Floor.TENTATIVE,
+    (Floor.SPEAKING, "reply complete"): Floor.LISTENING,
+    (Floor.SPEAKING, "reply failed"): Floor.LISTENING,
+    (Floor.TENTATIVE, "resume"): Floor.SPEAKING,
+    (Floor.TENTATIVE, "resume before audio"): Floor.THINKING,
+    (Floor.TENTATIVE, "commit"): Floor.YIELDED,
+    (Floor.TENTATIVE, "reply complete"): Floor.LISTENING,
+    (Floor.TENTATIVE, "reply failed"): Floor.LISTENING,
+    (Floor.YIELDED, "user turn ended"): Floor.THINKING,
+}
+
+
+def mermaid_diagram() -> str:
+    """The state diagram, drawn from :data:`TRANSITIONS`."""
+    lines = ["stateDiagram-v2", "    [*] --> listening"]
+    for (src, trigger), dst in TRANSITIONS.items():
+        lines.append(f"    {src.value} --> {dst.value}: {trigger}")
+    return "\n".join(lines)
+
+
+@dataclass
+class PolicyConfig:
+    restart_policy: RestartPolicy = "respond"
+    tier1: Tier1 = "pause"
+    turn_end_silence_s: float = 0.5
+    """Silence after the user's speech ends before their turn counts as over."""
+    final_wait_s: float = 0.5
+    """How long a turn end waits for the recogniser's final words."""
+
+
+@dataclass
+class _UserTurn:
+    words: list[str] = field(default_factory=list)
+    speaking: bool = False
+    ended_at: float | None = None
+    awaiting_final: bool = False
+    utterance_words: tuple[str, ...] = ()
+
+
+class FloorPolicy:
+    """The interruption state machine. Feed it events; carry out the actions it returns."""
+
+    def __init__(self, config: PolicyConfig | None = None, decider: Decider | None = None) -> None:
+        self.config = config or PolicyConfig()
+        self.decider: Decider = decider or RuleDecider()
+        self.state = Floor.LISTENING
+        self.reply_id: int | None = None
+        self.interruptions: list[InterruptionRecord] = []
+        self._next_reply_id = 1
+        self._played = 0
+        self._overlap: Overlap | None = None
+        self._record: InterruptionRecord | None = None
+        self._turn = _UserTurn()
+        self._pending_mode: ReplyMode = "turn"
+        self._interrupted_reply: int | None = None
+        self._now = float("-inf")
+
+    # -- public -------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        if event.at < self._now:
+            raise PolicyError(f"time went backwards: {event!r} after t={self._now}")
+        self._now = event.at
+        match event:
+            case SpeechStarted():
+                return self._on_speech_started(event)
+            case SpeechEnded():
+                return self._on_speech_ended(event)
+            case Words():
+                return self._on_words(event)
+            case RequestReply():
+                if self.state is not Floor.LISTENING:
+                    raise PolicyError(f"reply requested while {self.state.value}")
+                return self._start_reply("reply requested", "turn", ())
+            case FirstToken():
+                self._check_reply(event.reply_id)
+                return []
+            case Playout():
+                return self._on_playout(event)
+            case ReplyFailed():
+                return self._on_failed(event)
+            case Tick():
+                return self._on_tick(event.at)
+        raise PolicyError(f"unknown event {event!r}")
+
+    def next_deadline(self) -> float | None:
+        """When the caller should send a :class:`Tick` even if nothing else happens."""
+        if self.state is Floor.TENTATIVE and self._overlap is not None:
+            return self.decider.deadline(self._overlap)
+        if self.state in (Floor.LISTENING, Floor.YIELDED) and self._turn.ended_at is not None:
+            if self._turn.awaiting_final:
+                return self._turn.ended_at + self.config.final_wait_s
+            return self._turn.ended_at + self.config.turn_end_silence_s
+        return None
+
+    @property
+    def user_speaking(self) -> bool:
+        return self._turn.speaking
+
+    # -- state changes ------------------------------------------------------------------
+
+    def _go(self, trigger: str) -> None:
+        try:
+            self.state = TRANSITIONS[(self.state, trigger)]
+        except KeyError:
+            raise PolicyError(f"no transition from {self.state.value} on {trigger!r}") from None
+
+    def _check_reply(self, reply_id: int) -> bool:
+        """True if the event is about the current reply; False if about a past one."""
+        if reply_id == self.reply_id:
+            return True
+        if 0 < reply_id < self._next_reply_id:
+            return False
+        raise PolicyError(f"event for reply {reply_id}, which was never started")
+
+    def _start_reply(self, trigger: str, mode: ReplyMode, words: tuple[str, ...]) -> list[Action]:
+        self._go(trigger)
+        reply_id = self._next_reply_id
+        self._next_reply_id += 1
+        self.reply_id = reply_id
+        self._played = 0
+        after = self._interrupted_reply if mode != "turn" else None
+        self._interrupted_reply = None
+        self._turn = _UserTurn()
+        return [StartReply(reply_id, mode, words, after)]
+
+    # -- step 1 and 2: detect, then pause/duck on the same frame ------------------------
+
+    def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
+        if self._turn.speaking:
+            raise PolicyError("speech started twice without ending")
+        self._turn.speaking = True
+        self._turn.ended_at = None
+        self._turn.awaiting_final = False
+        if self.state is Floor.TENTATIVE and self._overlap is not None:
+            self._overlap.speech_active = True
+            self._overlap.speech_ended_at = None
+            return self._decide(event.at)
+        if self.state not in (Floor.THINKING, Floor.SPEAKING):
+            return []
+        assert self.reply_id is not None
+        audible = self.state is Floor.SPEAKING
+        self._go("user speech")
+        self._overlap = Overlap(onset_at=event.at, agent_audible=audible)
+        tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
+        self._record = InterruptionRecord(self.reply_id, event.at, tier1, event.at)
+        self.interruptions.append(self._record)
+        action: Action = (
+            DuckOutput(self.reply_id) if tier1 == "duck" else PauseOutput(self.reply_id)
+        )
+        return [action, *self._decide(event.at)]
+
+    def _on_speech_ended(self, event: SpeechEnded) -> list[Action]:
+        if not self._turn.speaking:
+            raise PolicyError("speech ended without having started")
+        self._turn.speaking = False
+        self._turn.ended_at = event.at
+        self._turn.awaiting_final = True
+        if self.state is Floor.TENTATIVE and self._overlap is not None:
+            self._overlap.speech_active = False
+            self._overlap.speech_ended_at = event.at
+            return self._decide(event.at)
+        return []
+
+    def _on_words(self, event: Words) -> list[Action]:
+        if event.final:
+            self._turn.words.extend(event.words)
+            self._turn.utterance_words = ()
+            self._turn.awaiting_final = False
+        else:
+            self._turn.utterance_words = event.words
+        if self.state is Floor.TENTATIVE and self._overlap is not None:
+            if event.final:
+                self._overlap.final_words = event.words
+            else:
+                self._overlap.partials.append((event.at, event.words))
+            return self._decide(event.at)
+        if self.state in (Floor.LISTENING, Floor.YIELDED):
+            return self._maybe_turn_end(event.at)
+        return []
+
+    def _on_tick(self, now: float) -> list[Action]:
+        if self.state is Floor.TENTATIVE:
+            return self._decide(now)
+        if self.state in (Floor.LISTENING, Floor.YIELDED):
+            return self._maybe_turn_end(now)
+        return []
+
+    # -- step 3: tier 2 -----------------------------------------------------------------
+
+    def _decide(self, now: float) -> list[Action]:
+        assert self._overlap is not None and self._record is not None
+        decision = self.decider.decide(self._overlap, now)
+        if decision is None:
+            return []
+        record = self._record
+        record.decision = decision.kind
+        record.reason = decision.reason
+        record.decided_at = now
+        record.played_at_decision = self._played
+        record.user_words = self._overlap.latest_words
+        overlap = self._overlap
+        self._overlap = None
+        self._record = None
+        if decision.kind == "commit":
+            return self._commit(now, record, overlap)
+        return self._resume(now, record)
+
+    # -- step 4 and 6: commit, then yield the floor -------------------------------------
+
+    def _commit(self, now: float, record: InterruptionRecord, overlap: Overlap) -> list[Action]:
+        assert self.reply_id is not None
+        reply_id = self.reply_id
+        record.flushed_at = now
+        record.cancelled_at = now
+        self._go("commit")
+        heard_nothing = self._played == 0
+        if heard_nothing:
+            # Thinking-time interruption: nothing reached the user, so this is one turn
+            # that kept going; the new words join the user's previous message.
+            self._pending_mode = "merge"
+        else:
+            self._pending_mode = self.config.restart_policy
+        self._interrupted_reply = reply_id
+        self.reply_id = None
+        # The utterance in progress belongs to the user's new turn.
+        self._turn = _UserTurn(
+            words=[],
+            speaking=overlap.speech_active,
+            ended_at=overlap.speech_ended_at,
+            awaiting_final=overlap.speech_ended_at is not None and overlap.final_words is None,
+            utterance_words=overlap.latest_words if overlap.final_words is None else (),
+        )
+        if overlap.final_words is not None:
+            self._turn.words.extend(overlap.final_words)
+        return [
+            FlushOutput(reply_id),
+            CancelReply(reply_id),
+            Truncate(reply_id, self._played),
+            *self._maybe_turn_end(now),
+        ]
+
+    # -- step 5: resume from the exact sample -------------------------------------------
+
+    def _resume(self, now: float, record: InterruptionRecord) -> list[Action]:
+        assert self.reply_id is not None
+        record.resumed_at = now
+        self._go("resume" if self._played > 0 else "resume before audio")
+        # The overlapping sound was not a turn: forget its words.
+        self._turn = _UserTurn(speaking=self._turn.speaking)
+        return [ResumeOutput(self.reply_id)]
+
+    # -- reply lifecycle ----------------------------------------------------------------
+
+    def _on_playout(self, event: Playout) -> list[Action]:
+        if not self._check_reply(event.reply_id):
+            return []
+        if event.played < self._played:
+            raise PolicyError(
+                f"playout cursor went backwards for reply {event.reply_id}: "
+                f"{event.played} < {self._played}"
+            )
+        self._played = event.played
+        if self.state is Floor.THINKING and event.played > 0:
+            self._go("first audio played")
+        if event.complete:
+            return self._finish()
+        return []
+
+    def _finish(self) -> list[Action]:
+        assert self.reply_id is not None
+        reply_id = self.reply_id
+        if self.state is Floor.THINKING:
+            self._go("first audio played")
+        if self.state is Floor.TENTATIVE and self._record is not None:
+            # A ducked reply played out under the user's speech: no decision was needed.
+            self._record.decision = "resume"
+            self._record.reason = "reply-finished"
+            self._record.decided_at = self._now
+            self._overlap = None
+            self._record = None
+        self._go("reply complete")
+        self.reply_id = None
+        return [ReplyFinished(reply_id)]
+
+    def _on_failed(self, event: ReplyFailed) -> list[Action]:
+        if not self._check_reply(event.reply_id):
+            return []
+        self._go("reply failed")
+        self.reply_id = None
+        self._overlap = None
+        if self._record is not None:
+            self._record.reason = f"reply-failed: {event.error}"
+            self._record = None
+        return [
+            FlushOutput(event.reply_id),
+            CancelReply(event.reply_id),
+            Truncate(event.reply_id, self._played),
+        ]
+
+    # -- the user's turn ----------------------------------------------------------------
+
+    def _maybe_turn_end(self, now: float) -> list[Action]:
+        turn = self._turn
+        if turn.speaking or turn.ended_at is None:
+            return []
+        if turn.awaiting_final and now < turn.ended_at + self.config.final_wait_s:
+            return []
+        if now < turn.ended_at + self.config.turn_end_silence_s:
+            return []
+        words = (*turn.words, *turn.utterance_words)
+        if self.state is Floor.YIELDED:
+            return self._start_reply("user turn ended", self._pending_mode, words)
+        if not words:
+            # A sound with no words is not a turn: keep listening.
+            self._turn = _UserTurn()
+            return []
+        return self._start_reply("user turn ended", "turn", words)
+
+
+if __name__ == "__main__":
+    print(mermaid_diagram())

@@ -1,0 +1,450 @@
+"""A voice session: microphone in, agent audio out, the floor policy in between.
+
+The pipeline is VAD -> recogniser -> policy -> LLM -> TTS -> sink. The session owns the
+providers and carries out what the policy decides; it never decides anything itself.
+
+Structured cancellation: each reply is one task running an ``asyncio.TaskGroup`` of the
+LLM stream and the TTS/output feed. Cancelling the reply cancels the group, so the LLM
+and the TTS stop together or not at all, and every reply task is owned by the session's
+own task group, so nothing outlives the session.
+
+Playout is the truth: the transport reports how many samples of a reply its listener
+has played (:meth:`Session.playout`), and that cursor, mapped to words by the reply's
+:class:`~bargein.playout.PlayoutTracker`, is what the conversation records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from bargein.clock import run_blocking
+from bargein.conversation import Conversation, InterruptedReply, build_llm_input
+from bargein.decider import Decider
+from bargein.playout import PlayoutTracker
+from bargein.policy import (
+    Action,
+    CancelReply,
+    DuckOutput,
+    Event,
+    FirstToken,
+    FloorPolicy,
+    FlushOutput,
+    InterruptionRecord,
+    PauseOutput,
+    Playout,
+    PolicyConfig,
+    ReplyFailed,
+    ReplyFinished,
+    RequestReply,
+    ResumeOutput,
+    SpeechEnded,
+    SpeechStarted,
+    StartReply,
+    Tick,
+    Truncate,
+    Words,
+)
+from bargein.providers.base import (
+    ChatMessage,
+    FloatAudio,
+    LanguageModel,
+    StreamingRecognizer,
+    TextToSpeech,
+    VoiceActivityDetector,
+)
+from bargein.vad import SpeechSegmenter
+
+log = logging.getLogger("bargein.session")
+timeline_log = logging.getLogger("bargein.timeline")
+
+
+class AudioFormatError(ValueError):
+    """Audio pushed into a session is not in the format the session expects."""
+
+
+@runtime_checkable
+class AudioSink(Protocol):
+    """Where the agent's audio goes. The transport reports playback via ``Session.playout``.
+
+    ``pause`` must hold the exact sample position so ``resume`` continues without losing
+    or repeating a sample; ``clear`` drops everything queued and not yet played and leaves
+    the sink playing at full volume, ready for the next reply.
+    """
+
+    sample_rate: int
+
+    def write(self, reply_id: int, audio: FloatAudio) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def duck(self, gain: float) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+@runtime_checkable
+class TokenLedger(Protocol):
+    """A token stream that can tell how many tokens its LLM produced after a given time."""
+
+    def tokens_after(self, t: float) -> int: ...
+
+
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s")
+
+
+@dataclass
+class Reply:
+    reply_id: int
+    tracker: PlayoutTracker
+    text: str = ""
+    tokens: int = 0
+    tokens_after_cancel: int = 0
+    generated: bool = False
+    played: int = 0
+    cancelled_at: float | None = None
+    error: str | None = None
+    task: asyncio.Task[None] | None = None
+    stream: AsyncIterator[str] | None = None
+    settled: bool = False
+    """The reply's tasks have unwound after a cancel and its tokens are counted."""
+
+
+@dataclass
+class SessionConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    duck_gain: float = 0.1
+    preroll_s: float = 0.3
+    """Audio kept before a speech start, so the recogniser hears the first syllable."""
+    system_prompt: str | None = None
+
+
+class Session:
+    """One conversation. Use as ``async with Session(...) as session:``."""
+
+    sample_rate = 16000
+
+    def __init__(
+        self,
+        *,
+        vad: VoiceActivityDetector,
+        recognizer: StreamingRecognizer,
+        llm: LanguageModel,
+        tts: TextToSpeech,
+        sink: AudioSink,
+        config: SessionConfig | None = None,
+        decider: Decider | None = None,
+        segmenter: SpeechSegmenter | None = None,
+    ) -> None:
+        self.config = config or SessionConfig()
+        if vad.sample_rate != self.sample_rate or recognizer.sample_rate != self.sample_rate:
+            raise ValueError(f"VAD and recogniser must run at {self.sample_rate} Hz")
+        if sink.sample_rate != tts.sample_rate:
+            raise ValueError(
+                f"sink plays {sink.sample_rate} Hz but the TTS speaks {tts.sample_rate} Hz"
+            )
+        self.vad = vad
+        self.recognizer = recognizer
+        self.llm = llm
+        self.tts = tts
+        self.sink = sink
+        self.policy = FloorPolicy(self.config.policy, decider)
+        self.segmenter = segmenter or SpeechSegmenter()
+        self.conversation = Conversation()
+        if self.config.system_prompt is not None:
+            self.conversation.system_prompt = self.config.system_prompt
+        self.replies: dict[int, Reply] = {}
+        self.recorded: dict[int, str] = {}
+        """What the conversation recorded for each reply (cut to what was heard)."""
+        self.errors: list[str] = []
+        self._interrupted: dict[int, InterruptedReply] = {}
+        self._pending = np.zeros(0, dtype=np.float32)
+        frames = max(1, round(self.config.preroll_s * self.sample_rate / vad.frame_samples))
+        self._preroll: deque[FloatAudio] = deque(maxlen=frames)
+        self._group: asyncio.TaskGroup | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Session:
+        self._loop = asyncio.get_running_loop()
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for reply in self.replies.values():
+            if reply.task is not None:
+                reply.task.cancel()
+        assert self._group is not None
+        await self._group.__aexit__(exc_type, exc, tb)
+
+    @property
+    def timeline(self) -> list[InterruptionRecord]:
+        return self.policy.interruptions
+
+    def now(self) -> float:
+        assert self._loop is not None, "use the session inside 'async with'"
+        return self._loop.time()
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def request_reply(self) -> None:
+        """Reply now, as if the user's turn had just ended."""
+        self._handle(RequestReply(self.now()))
+
+    def push_audio(self, audio: FloatAudio | bytes, sample_rate: int = 16000) -> None:
+        """Feed microphone audio: 16 kHz mono, float32 in [-1, 1] or 16-bit PCM bytes.
+
+        Any length is accepted; it is cut into VAD frames internally. Audio in another
+        format is refused with an error naming the expected one: nothing is resampled
+        here, so a wrong rate cannot silently shift every timestamp.
+        """
+        samples = self._validate(audio, sample_rate)
+        self._pending = np.concatenate([self._pending, samples])
+        size = self.vad.frame_samples
+        while len(self._pending) >= size:
+            frame, self._pending = self._pending[:size], self._pending[size:]
+            self._process_frame(frame)
+
+    def playout(self, reply_id: int, played: int) -> None:
+        """The sink's cursor: ``played`` samples of ``reply_id`` have reached the ear."""
+        reply = self.replies.get(reply_id)
+        if reply is None:
+            raise ValueError(f"playout report for unknown reply {reply_id}")
+        reply.played = played
+        complete = reply.generated and played >= reply.tracker.total_samples
+        self._handle(Playout(self.now(), reply_id, played, complete))
+
+    def _validate(self, audio: FloatAudio | bytes, sample_rate: int) -> FloatAudio:
+        expected = f"mono audio at {self.sample_rate} Hz (float32 samples or 16-bit PCM bytes)"
+        if sample_rate != self.sample_rate:
+            raise AudioFormatError(f"got audio at {sample_rate} Hz; expected {expected}")
+        if isinstance(audio, bytes | bytearray | memoryview):
+            raw = bytes(audio)
+            if len(raw) % 2:
+                raise AudioFormatError(
+                    f"got {len(raw)} bytes, not a whole number of 16-bit samples; "
+                    f"expected {expected}"
+                )
+            return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+        if not isinstance(audio, np.ndarray):
+            raise AudioFormatError(f"got {type(audio).__name__}; expected {expected}")
+        if audio.ndim != 1:
+            raise AudioFormatError(f"got an array of shape {audio.shape}; expected {expected}")
+        if audio.dtype == np.int16:
+            return audio.astype(np.float32) / 32768.0
+        if audio.dtype != np.float32:
+            raise AudioFormatError(f"got {audio.dtype} samples; expected {expected}")
+        return audio
+
+    def _process_frame(self, frame: FloatAudio) -> None:
+        at = self.now()
+        self._preroll.append(frame)
+        change = self.segmenter.push(at, self.vad.probability(frame))
+        if isinstance(change, SpeechStarted):
+            self.recognizer.start()
+            words: Sequence[str] = ()
+            for past in self._preroll:
+                words = self.recognizer.feed(past)
+            self._handle(change)
+            self._handle(Words(at, tuple(words)))
+        elif self.segmenter.active or isinstance(change, SpeechEnded):
+            words = self.recognizer.feed(frame)
+            self._handle(Words(at, tuple(words)))
+        if isinstance(change, SpeechEnded):
+            final = tuple(self.recognizer.finish())
+            self._handle(change)
+            self._handle(Words(at, final, final=True))
+
+    # -- the policy loop ----------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        for action in self.policy.handle(event):
+            self._do(action)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.policy.next_deadline()
+        if deadline is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._handle(Tick(self.now()))
+
+    def _do(self, action: Action) -> None:
+        log.debug("action %s", action)
+        match action:
+            case StartReply():
+                self._start_reply(action)
+            case PauseOutput():
+                self.sink.pause()
+            case DuckOutput():
+                self.sink.duck(self.config.duck_gain)
+            case ResumeOutput():
+                self.sink.resume()
+                record = self._record_for(action.reply_id)
+                if record is not None:
+                    self._log_record(record)
+            case FlushOutput():
+                self.sink.clear()
+            case CancelReply():
+                self._cancel(action.reply_id)
+            case Truncate():
+                self._truncate(action.reply_id, action.played)
+            case ReplyFinished():
+                text = self.replies[action.reply_id].tracker.all_text()
+                self.recorded[action.reply_id] = text
+                self.conversation.add_assistant(text)
+
+    # -- replies ------------------------------------------------------------------------
+
+    def _start_reply(self, action: StartReply) -> None:
+        text = " ".join(action.user_words)
+        if action.mode == "merge":
+            self.conversation.extend_last_user(text)
+        elif text:
+            self.conversation.add_user(text)
+        interrupted = (
+            self._interrupted.get(action.after_reply) if action.after_reply is not None else None
+        )
+        messages = build_llm_input(self.conversation, action.mode, interrupted)
+        reply = Reply(action.reply_id, PlayoutTracker(self.tts.sample_rate))
+        self.replies[reply.reply_id] = reply
+        assert self._group is not None, "use the session inside 'async with'"
+        reply.task = self._group.create_task(self._run_reply(reply, messages))
+
+    def _cancel(self, reply_id: int) -> None:
+        reply = self.replies[reply_id]
+        if reply.cancelled_at is None:
+            reply.cancelled_at = self.now()
+        if reply.task is not None and not reply.task.done():
+            reply.task.cancel()  # _run_reply settles the ledger once the group has unwound
+        else:
+            self._settle_cancel(reply)
+
+    def _truncate(self, reply_id: int, played: int) -> None:
+        reply = self.replies[reply_id]
+        heard = reply.tracker.heard_text(played)
+        self.recorded[reply_id] = heard
+        if heard:
+            self.conversation.add_assistant(heard, interrupted=True)
+        heard_count = len(heard.split())
+        unsaid = " ".join(reply.text.split()[heard_count:])
+        self._interrupted[reply_id] = InterruptedReply(heard=heard, unsaid=unsaid)
+        record = self._record_for(reply_id)
+        if record is not None and record.decision == "commit":
+            record.heard_text = heard
+            last = self.conversation.last_assistant()
+            record.recorded_text = last.content if last is not None and heard else ""
+        if reply.error is not None:
+            self.errors.append(f"reply {reply_id}: {reply.error}")
+        self._complete_record(reply)
+
+    async def _run_reply(self, reply: Reply, messages: Sequence[ChatMessage]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                sentences: asyncio.Queue[str | None] = asyncio.Queue()
+                group.create_task(self._generate(reply, messages, sentences))
+                group.create_task(self._voice(reply, sentences))
+        except asyncio.CancelledError:
+            self._settle_cancel(reply)
+            raise
+        except Exception as exc:  # one provider failing ends its reply, not the session
+            reply.error = _describe(exc)
+            log.warning("reply %d failed: %s", reply.reply_id, reply.error)
+            self._handle(ReplyFailed(self.now(), reply.reply_id, reply.error))
+            self._settle_cancel(reply)
+
+    def _settle_cancel(self, reply: Reply) -> None:
+        """Count what the LLM produced after the cancel, once the reply has unwound."""
+        if reply.cancelled_at is None:
+            return
+        if isinstance(reply.stream, TokenLedger):
+            reply.tokens_after_cancel = reply.stream.tokens_after(reply.cancelled_at)
+        reply.settled = True
+        self._complete_record(reply)
+
+    def _complete_record(self, reply: Reply) -> None:
+        """Log a committed interruption once it is both truncated and settled."""
+        record = self._record_for(reply.reply_id)
+        if record is None or record.decision != "commit":
+            return
+        record.tokens_after_cancel = reply.tokens_after_cancel
+        if reply.settled and record.heard_text is not None:
+            self._log_record(record)
+
+    async def _generate(
+        self, reply: Reply, messages: Sequence[ChatMessage], sentences: asyncio.Queue[str | None]
+    ) -> None:
+        pending = ""
+        stream = self.llm.stream(messages)
+        reply.stream = stream
+        try:
+            async for token in stream:
+                if reply.tokens == 0:
+                    self._handle(FirstToken(self.now(), reply.reply_id))
+                reply.tokens += 1
+                reply.text += token
+                pending += token
+                while (match := _SENTENCE_END.search(pending)) is not None:
+                    sentence, pending = pending[: match.end()].strip(), pending[match.end() :]
+                    sentences.put_nowait(sentence)
+        finally:
+            # Close the stream now, not at garbage collection: an HTTP provider must see
+            # the disconnect at once so its server stops generating.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if pending.strip():
+            sentences.put_nowait(pending.strip())
+        sentences.put_nowait(None)
+
+    async def _voice(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
+        while (sentence := await sentences.get()) is not None:
+            chunks = await run_blocking(lambda s=sentence: list(self.tts.synthesize(s)))
+            for chunk in chunks:
+                reply.tracker.add(chunk)
+                self.sink.write(reply.reply_id, chunk.audio)
+        reply.generated = True
+        if reply.played >= reply.tracker.total_samples:
+            self.playout(reply.reply_id, reply.played)
+
+    def _record_for(self, reply_id: int) -> InterruptionRecord | None:
+        for record in reversed(self.policy.interruptions):
+            if record.reply_id == reply_id:
+                return record
+        return None
+
+    def _log_record(self, record: InterruptionRecord) -> None:
+        timeline_log.info(json.dumps(record.as_dict()))
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

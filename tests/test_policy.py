@@ -1,0 +1,230 @@
+"""The floor policy on its own: events in, actions out, time passed explicitly."""
+
+from __future__ import annotations
+
+import pytest
+
+from bargein.decider import Overlap, RuleDecider, normalize_words, only_backchannel
+from bargein.policy import (
+    TRANSITIONS,
+    CancelReply,
+    DuckOutput,
+    FirstToken,
+    Floor,
+    FloorPolicy,
+    FlushOutput,
+    PauseOutput,
+    Playout,
+    PolicyConfig,
+    PolicyError,
+    ReplyFailed,
+    ReplyFinished,
+    RequestReply,
+    ResumeOutput,
+    SpeechEnded,
+    SpeechStarted,
+    StartReply,
+    Tick,
+    Truncate,
+    Words,
+    mermaid_diagram,
+)
+
+
+def speaking_policy(**config: object) -> FloorPolicy:
+    policy = FloorPolicy(PolicyConfig(**config))  # type: ignore[arg-type]
+    assert policy.handle(RequestReply(0.0)) == [StartReply(1, "turn", (), None)]
+    policy.handle(FirstToken(0.15, 1))
+    policy.handle(Playout(0.3, 1, 100))
+    assert policy.state is Floor.SPEAKING
+    return policy
+
+
+def run_until_quiet(policy: FloorPolicy, until: float) -> list[object]:
+    """Deliver ticks at every deadline up to ``until``, collecting the actions."""
+    actions: list[object] = []
+    while (deadline := policy.next_deadline()) is not None and deadline <= until:
+        actions.extend(policy.handle(Tick(deadline)))
+    return actions
+
+
+def test_onset_pauses_on_the_same_event() -> None:
+    policy = speaking_policy()
+    assert policy.handle(SpeechStarted(1.0)) == [PauseOutput(1)]
+    assert policy.state is Floor.TENTATIVE
+    record = policy.interruptions[0]
+    assert (record.onset_at, record.tier1, record.tier1_at) == (1.0, "pause", 1.0)
+
+
+def test_duck_instead_of_pause() -> None:
+    policy = speaking_policy(tier1="duck")
+    assert policy.handle(SpeechStarted(1.0)) == [DuckOutput(1)]
+
+
+def test_commit_runs_the_steps_in_order_then_yields() -> None:
+    policy = speaking_policy()
+    policy.handle(Playout(0.9, 1, 5000))
+    policy.handle(SpeechStarted(1.0))
+    actions = policy.handle(Tick(1.8))  # speech still going after commit_after_s
+    assert actions == [FlushOutput(1), CancelReply(1), Truncate(1, 5000)]
+    assert policy.state is Floor.YIELDED
+    record = policy.interruptions[0]
+    assert (record.decision, record.reason, record.decided_at) == ("commit", "duration", 1.8)
+    # The floor stays with the user until their turn ends, then the reply follows.
+    policy.handle(Words(1.9, ("what", "about")))
+    assert policy.handle(SpeechEnded(2.2)) == []
+    assert policy.handle(Words(2.2, ("what", "about", "tuesday"), final=True)) == []
+    assert run_until_quiet(policy, 2.69) == []
+    actions = policy.handle(Tick(2.7))
+    assert actions == [StartReply(2, "respond", ("what", "about", "tuesday"), 1)]
+    assert policy.state is Floor.THINKING
+
+
+def test_an_interrupting_word_commits_once_stable() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    assert policy.handle(Words(1.03, ("stop",))) == []  # one partial may be a flicker
+    assert policy.handle(Words(1.06, ("stop",)))[:2] == [FlushOutput(1), CancelReply(1)]
+    assert policy.interruptions[0].reason == "word:stop"
+
+
+def test_a_flickering_partial_does_not_commit() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    assert policy.handle(Words(1.03, ("no",))) == []
+    assert policy.handle(Words(1.06, ("oh",))) == []
+    assert policy.state is Floor.TENTATIVE
+
+
+def test_backchannel_resumes() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(Words(1.2, ("uh",)))
+    policy.handle(SpeechEnded(1.6))
+    assert policy.handle(Words(1.6, ("uh", "huh"), final=True)) == [ResumeOutput(1)]
+    assert policy.state is Floor.SPEAKING
+    record = policy.interruptions[0]
+    assert (record.decision, record.resumed_at) == ("resume", 1.6)
+    assert record.reason == "backchannel:uh huh"
+
+
+def test_noise_without_words_resumes_after_the_final_wait() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(SpeechEnded(1.3))
+    assert policy.next_deadline() == pytest.approx(1.6)
+    assert policy.handle(Tick(1.6)) == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "no-words"
+
+
+def test_short_speech_with_other_words_commits() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(SpeechEnded(1.4))
+    actions = policy.handle(Words(1.4, ("about", "that"), final=True))
+    assert actions[:3] == [FlushOutput(1), CancelReply(1), Truncate(1, 100)]
+
+
+@pytest.mark.parametrize(
+    ("policy_name", "mode"), [("restart", "restart"), ("respond", "respond"), ("resume", "resume")]
+)
+def test_restart_policy_selects_the_next_reply_mode(policy_name: str, mode: str) -> None:
+    policy = speaking_policy(restart_policy=policy_name)
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(SpeechEnded(1.4))
+    policy.handle(Words(1.4, ("go", "on"), final=True))
+    actions = run_until_quiet(policy, 5.0)
+    assert actions == [StartReply(2, mode, ("go", "on"), 1)]  # type: ignore[arg-type]
+
+
+def test_thinking_time_speech_merges_into_the_turn() -> None:
+    policy = FloorPolicy()
+    policy.handle(RequestReply(0.0))
+    assert policy.state is Floor.THINKING
+    assert policy.handle(SpeechStarted(0.1)) == [PauseOutput(1)]
+    assert policy.interruptions[0].tier1 == "hold"
+    assert policy.handle(Tick(0.9)) == [FlushOutput(1), CancelReply(1), Truncate(1, 0)]
+    policy.handle(SpeechEnded(1.2))
+    policy.handle(Words(1.2, ("for", "two", "people"), final=True))
+    assert run_until_quiet(policy, 5.0) == [StartReply(2, "merge", ("for", "two", "people"), 1)]
+
+
+def test_thinking_time_noise_releases_the_hold() -> None:
+    policy = FloorPolicy()
+    policy.handle(RequestReply(0.0))
+    policy.handle(SpeechStarted(0.1))
+    policy.handle(SpeechEnded(0.3))
+    assert policy.handle(Words(0.3, (), final=True)) == [ResumeOutput(1)]
+    assert policy.state is Floor.THINKING
+    policy.handle(Playout(0.5, 1, 10))
+    assert policy.state is Floor.SPEAKING
+
+
+def test_second_interruption_of_the_answer() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(Tick(1.8))
+    policy.handle(SpeechEnded(2.0))
+    policy.handle(Words(2.0, ("what", "time"), final=True))
+    [start] = run_until_quiet(policy, 5.0)
+    assert isinstance(start, StartReply) and start.reply_id == 2
+    policy.handle(Playout(3.0, 2, 400))
+    assert policy.handle(SpeechStarted(3.5)) == [PauseOutput(2)]
+    assert policy.handle(Tick(4.31)) == [FlushOutput(2), CancelReply(2), Truncate(2, 400)]
+    assert [r.reply_id for r in policy.interruptions] == [1, 2]
+
+
+def test_speech_just_after_the_agent_finished_is_a_new_turn() -> None:
+    policy = speaking_policy()
+    assert policy.handle(Playout(5.0, 1, 9000, complete=True)) == [ReplyFinished(1)]
+    assert policy.state is Floor.LISTENING
+    assert policy.handle(SpeechStarted(5.1)) == []
+    assert policy.interruptions == []
+    policy.handle(SpeechEnded(5.8))
+    policy.handle(Words(5.8, ("thanks",), final=True))
+    assert run_until_quiet(policy, 9.0) == [StartReply(2, "turn", ("thanks",), None)]
+
+
+def test_late_reports_about_a_cancelled_reply_are_ignored() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(Tick(1.8))
+    assert policy.handle(Playout(1.9, 1, 99999)) == []
+    assert policy.handle(ReplyFailed(1.9, 1, "late")) == []
+
+
+def test_unexpected_events_raise() -> None:
+    policy = FloorPolicy()
+    with pytest.raises(PolicyError, match="without having started"):
+        policy.handle(SpeechEnded(1.0))
+    with pytest.raises(PolicyError, match="never started"):
+        policy.handle(Playout(1.0, 7, 10))
+    policy.handle(RequestReply(1.0))
+    with pytest.raises(PolicyError, match="while thinking"):
+        policy.handle(RequestReply(1.1))
+    with pytest.raises(PolicyError, match="backwards"):
+        policy.handle(Tick(0.5))
+
+
+def test_a_failed_reply_is_truncated_and_the_floor_returns() -> None:
+    policy = speaking_policy()
+    actions = policy.handle(ReplyFailed(2.0, 1, "boom"))
+    assert actions == [FlushOutput(1), CancelReply(1), Truncate(1, 100)]
+    assert policy.state is Floor.LISTENING
+
+
+def test_every_transition_is_drawn() -> None:
+    diagram = mermaid_diagram()
+    for (src, trigger), dst in TRANSITIONS.items():
+        assert f"{src.value} --> {dst.value}: {trigger}" in diagram
+
+
+def test_words_normalise_and_backchannels_cover() -> None:
+    assert normalize_words(["Uh-huh,", "OK!"]) == ("uh", "huh", "ok")
+    assert only_backchannel(("mm", "hmm", "i", "see"))
+    assert not only_backchannel(("i", "see", "a", "problem"))
+    decider = RuleDecider(commit_after_s=0.5)
+    overlap = Overlap(onset_at=0.0, agent_audible=True)
+    assert decider.decide(overlap, 0.49) is None
+    decision = decider.decide(overlap, 0.5)
+    assert decision is not None and decision.kind == "commit"

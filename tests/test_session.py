@@ -1,0 +1,323 @@
+"""The session on a virtual clock: exact timings, real orchestration, doubled models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from bargein.clock import VirtualEventLoop, run
+from bargein.policy import PolicyConfig, RestartPolicy
+from bargein.providers.scripted import ScriptedLLM
+from bargein.session import AudioFormatError, Session, SessionConfig
+from tests.doubles import (
+    TTS_RATE,
+    WORD_SAMPLES,
+    LevelVAD,
+    LoggingSpeaker,
+    ScriptedRecognizer,
+    Utterance,
+    WordTTS,
+    drive,
+    word_audio,
+)
+
+AGENT = (
+    "One two three four five. Six seven eight nine ten eleven twelve. "
+    "Thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty."
+)
+ANSWER = "Sure, Tuesday works."
+WHAT_ABOUT_TUESDAY: Utterance = (
+    [(1.2, ("what",)), (1.5, ("what", "about", "tuesday"))],
+    ("what", "about", "tuesday"),
+)
+
+
+def make(
+    utterances: list[Utterance],
+    *,
+    restart: RestartPolicy = "respond",
+    llm: ScriptedLLM | None = None,
+    tts: WordTTS | None = None,
+) -> tuple[Session, LoggingSpeaker, ScriptedLLM, list[str]]:
+    log: list[str] = []
+    speaker = LoggingSpeaker(log)
+    llm = llm or ScriptedLLM([AGENT, ANSWER])
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=ScriptedRecognizer(utterances),
+        llm=llm,
+        tts=tts or WordTTS(),
+        sink=speaker,
+        config=SessionConfig(policy=PolicyConfig(restart_policy=restart)),
+    )
+    return session, speaker, llm, log
+
+
+def played_words(speaker: LoggingSpeaker, reply_id: int) -> int:
+    return speaker.played.get(reply_id, 0)
+
+
+def test_a_committed_interruption_runs_the_six_steps_in_order() -> None:
+    session, speaker, llm, log = make([WHAT_ABOUT_TUESDAY])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=4.0)
+
+    run(main(), "virtual")
+    [record] = session.timeline
+    # 1-2: detected on the first loud frame and paused on that same frame.
+    assert record.onset_at == pytest.approx(1.024)
+    assert record.tier1 == "pause" and record.tier1_at == record.onset_at
+    # 3: the speech kept going, so tier 2 committed after commit_after_s.
+    assert (record.decision, record.reason) == ("commit", "duration")
+    assert record.decided_at == pytest.approx(1.824)
+    # 4: flush and cancel at the decision; the sink saw pause before flush.
+    assert record.flushed_at == record.cancelled_at == record.decided_at
+    assert log[:2] == ["pause", "flush"]
+    assert llm.streams[0].closed
+    # 6: the floor went to the user; the next LLM call came after their turn ended.
+    assert len(llm.calls) == 2
+    assert llm.streams[1].emitted_at[0] > 2.2 + 0.25 + 0.5
+    messages = session.conversation.messages
+    assert [m.role for m in messages] == ["assistant", "user", "assistant"]
+    assert messages[0].interrupted and messages[1].content == "what about tuesday"
+    assert messages[2].content == ANSWER and not messages[2].interrupted
+
+
+def test_cancel_stops_llm_and_tts_together() -> None:
+    long_reply = " ".join([AGENT] * 4)  # still streaming when the user cuts in
+    session, speaker, llm, _ = make([WHAT_ABOUT_TUESDAY], llm=ScriptedLLM([long_reply, ANSWER]))
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=2.4)
+
+    run(main(), "virtual")
+    reply = session.replies[1]
+    assert reply.cancelled_at is not None and reply.task is not None and reply.task.done()
+    assert llm.streams[0].tokens_after(reply.cancelled_at) == 0
+    assert reply.tokens_after_cancel == 0
+    assert len(llm.streams[0].emitted_at) < len(long_reply.split())  # it really was cut short
+    assert all(t <= reply.cancelled_at for t, rid in speaker.writes if rid == 1)
+    assert session.timeline[0].tokens_after_cancel == 0
+
+
+def test_truncation_is_word_exact_to_the_playout_cursor() -> None:
+    session, speaker, _, _ = make([WHAT_ABOUT_TUESDAY])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=2.4)
+
+    run(main(), "virtual")
+    played = speaker.played[1]
+    words = AGENT.split()
+    # A word counts as heard once at least half of its samples played.
+    heard = [w for i, w in enumerate(words) if played >= (i + 0.5) * WORD_SAMPLES]
+    assert 0 < len(heard) < len(words)
+    assert session.recorded[1] == " ".join(heard)
+    assert session.conversation.messages[0].content == " ".join(heard)
+    assert session.timeline[0].heard_text == " ".join(heard)
+
+
+def test_a_backchannel_resumes_from_the_exact_sample() -> None:
+    backchannel: Utterance = ([(1.1, ("uh",))], ("uh", "huh"))
+    session, speaker, _, log = make([backchannel])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 1.3)], until=8.0)
+
+    run(main(), "virtual")
+    [record] = session.timeline
+    assert record.decision == "resume" and record.reason == "backchannel:uh huh"
+    assert log == ["pause", "resume"]
+    total = len(AGENT.split()) * WORD_SAMPLES
+    out = speaker.recording[: speaker.rendered][speaker.reply_at[: speaker.rendered] == 1]
+    # Every sample played exactly once, in order: nothing lost, nothing repeated.
+    np.testing.assert_array_equal(out, word_audio(0, total))
+    assert record.resumed_at is not None
+    assert speaker.paused_s[1] == pytest.approx(record.resumed_at - record.onset_at, abs=0.011)
+    assert session.recorded[1] == " ".join(AGENT.split())
+    assert not session.conversation.messages[-1].interrupted
+
+
+@pytest.mark.parametrize("restart", ["restart", "respond", "resume"])
+def test_each_restart_policy_shapes_the_next_llm_input(restart: RestartPolicy) -> None:
+    session, speaker, llm, _ = make([WHAT_ABOUT_TUESDAY], restart=restart)
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=3.5)
+
+    run(main(), "virtual")
+    heard = session.recorded[1]
+    nxt = llm.calls[1]
+    roles = [m.role for m in nxt]
+    assert nxt[-1].role == "system" or nxt[-1].content == "what about tuesday"
+    if restart == "restart":
+        assert roles == ["system", "user"]
+        assert all(heard not in m.content for m in nxt)
+    else:
+        assert roles == ["system", "assistant", "user", "system"]
+        assert nxt[1].content == heard and nxt[1].interrupted
+        assert nxt[2].content == "what about tuesday"
+        if restart == "respond":
+            assert "acknowledge" in nxt[3].content and heard in nxt[3].content
+        else:
+            unsaid = " ".join(AGENT.split()[len(heard.split()) :])
+            assert "go on" in nxt[3].content and unsaid in nxt[3].content
+
+
+def test_speech_while_thinking_cancels_and_merges_into_the_turn() -> None:
+    added: Utterance = ([(0.2, ("for", "two"))], ("for", "two", "people"))
+    session, speaker, llm, _ = make([added])
+    session.conversation.add_user("book a table")
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(0.05, 1.2)], until=2.5)
+
+    run(main(), "virtual")
+    [record] = session.timeline
+    assert record.tier1 == "hold" and record.decision == "commit"
+    assert speaker.played.get(1, 0) == 0  # the user never heard the first reply
+    assert 1 not in speaker.first_sound_at
+    assert [m.content for m in session.conversation.messages[:1]] == ["book a table for two people"]
+    assert [m.role for m in llm.calls[1]] == ["system", "user"]
+    assert llm.calls[1][1].content == "book a table for two people"
+
+
+def test_the_answer_to_an_interruption_can_be_interrupted_too() -> None:
+    second: Utterance = ([(5.0, ("no",)), (5.1, ("no",))], ("no", "no"))
+    long_answer = "Sure. " + " ".join(["word"] * 40) + "."
+    llm = ScriptedLLM([AGENT, long_answer, ANSWER])
+    session, speaker, llm, _ = make([WHAT_ABOUT_TUESDAY, second], llm=llm)
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2), (4.9, 5.3)], until=7.0)
+
+    run(main(), "virtual")
+    assert [(r.reply_id, r.decision) for r in session.timeline] == [(1, "commit"), (2, "commit")]
+    assert session.timeline[1].reason == "word:no"
+    assert session.replies[2].cancelled_at is not None
+    assert len(llm.calls) == 3
+    assert session.conversation.messages[2].interrupted
+
+
+def test_speech_just_after_the_reply_finished_is_a_new_turn() -> None:
+    short = "One two three."
+    thanks: Utterance = ([(0.0, ("thanks",))], ("thanks",))
+    session, speaker, llm, _ = make([thanks], llm=ScriptedLLM([short, ANSWER]))
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(0.62, 1.0)], until=3.0)
+
+    run(main(), "virtual")
+    # Three words of 0.1 s each; the user starts within 200 ms after the last one.
+    end_of_reply = speaker.first_sound_at[1] + 3 * WORD_SAMPLES / TTS_RATE
+    assert 0.0 < 0.62 - end_of_reply <= 0.2
+    assert session.recorded[1] == short
+    assert session.timeline == []
+    assert session.replies[1].cancelled_at is None
+    assert [m.content for m in llm.calls[1] if m.role == "user"] == ["thanks"]
+
+
+@pytest.mark.parametrize(
+    ("audio", "rate", "message"),
+    [
+        (np.zeros(512, dtype=np.float32), 8000, "8000 Hz"),
+        (np.zeros((512, 2), dtype=np.float32), 16000, "shape"),
+        (np.zeros(512, dtype=np.int32), 16000, "int32"),
+        (b"\x00\x01\x02", 16000, "16-bit"),
+        ([0.0] * 512, 16000, "list"),
+    ],
+)
+def test_wrong_format_frames_are_refused_with_the_expected_format(
+    audio: object, rate: int, message: str
+) -> None:
+    session, _speaker, _, _ = make([WHAT_ABOUT_TUESDAY])
+
+    async def main() -> None:
+        async with session:
+            with pytest.raises(AudioFormatError, match=message) as info:
+                session.push_audio(audio, rate)  # type: ignore[arg-type]
+            assert "16000 Hz" in str(info.value)
+            # The session is unharmed: correct audio still flows.
+            session.push_audio(np.zeros(1024, dtype=np.float32))
+            session.push_audio(np.zeros(512, dtype=np.int16).tobytes())
+
+    run(main(), "virtual")
+
+
+def test_a_provider_that_raises_ends_the_reply_and_the_session_keeps_listening() -> None:
+    broken = ScriptedLLM([AGENT, ANSWER], fail_after=9)
+    tuesday: Utterance = ([(0.0, ("what", "about", "tuesday"))], ("what", "about", "tuesday"))
+    session, speaker, _llm, _ = make([tuesday], llm=broken)
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [], until=2.0)
+            broken.fail_after = None  # the LLM recovers; the session must still be usable
+            await drive(session, speaker, [(0.5, 1.0)], until=3.0, request=False)
+
+    run(main(), "virtual")
+    first = session.replies[1]
+    assert first.error is not None and "scripted failure after 9 tokens" in first.error
+    assert session.errors and "scripted failure" in session.errors[0]
+    # What was heard before the failure is recorded, cut and marked.
+    assert session.conversation.messages[0].interrupted
+    assert session.recorded[1] == " ".join(AGENT.split()[: len(session.recorded[1].split())])
+    # The user's next turn got a reply.
+    assert session.replies[2].error is None
+    assert session.conversation.messages[-1].content == ANSWER
+
+
+def test_a_tts_failure_is_survived_too() -> None:
+    tts = WordTTS(fail_on="Six")
+    session, speaker, _, _ = make([WHAT_ABOUT_TUESDAY], tts=tts)
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [], until=2.0)
+
+    run(main(), "virtual")
+    assert session.replies[1].error is not None and "tts cannot say" in session.replies[1].error
+    # Only the first sentence was ever voiced; whatever of it played is what is recorded.
+    recorded = session.recorded[1].split()
+    assert recorded == ["One", "two", "three", "four", "five."][: len(recorded)]
+    assert session.conversation.messages[-1].interrupted
+
+
+def test_timeline_records_are_logged_as_json(caplog: pytest.LogCaptureFixture) -> None:
+    session, speaker, _, _ = make([WHAT_ABOUT_TUESDAY])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=3.0)
+
+    with caplog.at_level(logging.INFO, logger="bargein.timeline"):
+        run(main(), "virtual")
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "bargein.timeline"]
+    assert records[-1]["decision"] == "commit"
+    assert records[-1]["tokens_after_cancel"] == 0
+    assert records[-1]["heard_text"] == session.recorded[1]
+
+
+def test_virtual_time_does_not_count_processing() -> None:
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.sleep(3600)
+        return start, loop.time()
+
+    start, end = run(main(), "virtual")
+    assert (start, end) == (0.0, 3600.0)
+    assert isinstance(VirtualEventLoop(), asyncio.AbstractEventLoop)
