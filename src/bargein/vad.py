@@ -30,9 +30,11 @@ class SpeechSegmenter:
         self.active = False
         self._above = 0
         self._quiet_since: float | None = None
+        self._last_at: float | None = None
 
     def push(self, at: float, probability: float) -> SpeechStarted | SpeechEnded | None:
         """Feed one frame's probability, timestamped at the frame's end."""
+        previous, self._last_at = self._last_at, at
         if not self.active:
             self._above = self._above + 1 if probability >= self.start_threshold else 0
             if self._above >= self.start_frames:
@@ -45,7 +47,8 @@ class SpeechSegmenter:
             self._quiet_since = None
             return None
         if self._quiet_since is None:
-            self._quiet_since = at
+            # Silence began where the previous (voiced) frame ended.
+            self._quiet_since = previous if previous is not None else at
         if at - self._quiet_since >= self.end_silence_s - 1e-9:
             self.active = False
             self._quiet_since = None
@@ -56,3 +59,4 @@ class SpeechSegmenter:
         self.active = False
         self._above = 0
         self._quiet_since = None
+        self._last_at = None

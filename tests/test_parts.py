@@ -1,0 +1,82 @@
+"""The small pure parts: VAD segmentation, the playout tracker, the conversation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bargein.conversation import Conversation, InterruptedReply, build_llm_input
+from bargein.playout import PlayoutTracker
+from bargein.policy import SpeechEnded, SpeechStarted
+from bargein.providers.base import SpeechChunk, WordTiming
+from bargein.providers.scripted import tokenize
+from bargein.vad import SpeechSegmenter
+
+
+def test_segmenter_starts_on_one_frame_and_ends_after_the_hangover() -> None:
+    seg = SpeechSegmenter(end_silence_s=0.1)
+    assert seg.push(0.032, 0.1) is None
+    assert seg.push(0.064, 0.9) == SpeechStarted(0.064)
+    assert seg.push(0.096, 0.4) is None  # between the two thresholds: still speech
+    assert seg.push(0.128, 0.1) is None  # quiet for 0 s
+    assert seg.push(0.16, 0.6) is None  # a breath, not an end
+    assert seg.push(0.192, 0.1) is None
+    assert seg.push(0.224, 0.1) is None
+    assert seg.push(0.256, 0.1) is None
+    assert seg.push(0.288, 0.1) == SpeechEnded(0.288)
+    assert not seg.active
+
+
+def test_segmenter_can_demand_several_frames() -> None:
+    seg = SpeechSegmenter(start_frames=2)
+    assert seg.push(0.0, 0.9) is None
+    assert seg.push(0.1, 0.2) is None
+    assert seg.push(0.2, 0.9) is None
+    assert seg.push(0.3, 0.9) == SpeechStarted(0.3)
+    with pytest.raises(ValueError):
+        SpeechSegmenter(start_threshold=0.3, end_threshold=0.5)
+
+
+def chunk(words: list[str], each: int, rate: int = 100) -> SpeechChunk:
+    timings = tuple(WordTiming(w, i * each, (i + 1) * each) for i, w in enumerate(words))
+    return SpeechChunk(" ".join(words), np.zeros(len(words) * each, np.float32), rate, timings)
+
+
+def test_tracker_maps_the_cursor_to_words_across_chunks() -> None:
+    tracker = PlayoutTracker(100)
+    tracker.add(chunk(["Hello", "there."], 10))
+    tracker.add(chunk(["How", "are", "you?"], 20))
+    assert tracker.total_samples == 80
+    assert tracker.heard_words(0) == []
+    assert tracker.heard_words(4) == []
+    assert tracker.heard_words(5) == ["Hello"]  # half of the word played
+    assert tracker.heard_words(29) == ["Hello", "there."]
+    assert tracker.heard_words(30) == ["Hello", "there.", "How"]
+    assert tracker.unheard_words(30) == ["are", "you?"]
+    assert tracker.heard_text(80) == tracker.all_text() == "Hello there. How are you?"
+    with pytest.raises(ValueError, match="Hz"):
+        tracker.add(chunk(["x"], 5, rate=200))
+
+
+def test_conversation_merges_and_builds_inputs() -> None:
+    conv = Conversation(system_prompt="S")
+    conv.add_user("book a table")
+    conv.extend_last_user("for two")
+    assert [m.content for m in conv.messages] == ["book a table for two"]
+    conv.add_assistant("Sure, for what", interrupted=True)
+    conv.add_user("tonight")
+    cut = InterruptedReply(heard="Sure, for what", unsaid="time would you like?")
+    restart = build_llm_input(conv, "restart", cut)
+    assert [m.content for m in restart] == ["S", "book a table for two", "tonight"]
+    respond = build_llm_input(conv, "respond", cut)
+    assert respond[2].interrupted and "Sure, for what" in respond[-1].content
+    resume = build_llm_input(conv, "resume", cut)
+    assert "time would you like?" in resume[-1].content
+    # Stored history never carries the per-call instruction.
+    assert all(m.role != "system" for m in conv.messages)
+
+
+def test_tokens_reassemble_the_text() -> None:
+    text = "Sure. Your flight leaves at nine."
+    assert "".join(tokenize(text)) == text
+    assert len(tokenize(text)) == len(text.split())
