@@ -26,6 +26,7 @@ from bargein.policy import (
     StartReply,
     Tick,
     Truncate,
+    VoiceActivity,
     Words,
     mermaid_diagram,
 )
@@ -38,6 +39,16 @@ def speaking_policy(**config: object) -> FloorPolicy:
     policy.handle(Playout(0.3, 1, 100))
     assert policy.state is Floor.SPEAKING
     return policy
+
+
+def voice(policy: FloorPolicy, start: float, until: float) -> list[object]:
+    """Voiced VAD frames every 32 ms in [start, until), collecting the actions."""
+    actions: list[object] = []
+    t = start
+    while t < until - 1e-9:
+        actions.extend(policy.handle(VoiceActivity(t, 0.9)))
+        t += 0.032
+    return actions
 
 
 def run_until_quiet(policy: FloorPolicy, until: float) -> list[object]:
@@ -65,7 +76,8 @@ def test_commit_runs_the_steps_in_order_then_yields() -> None:
     policy = speaking_policy()
     policy.handle(Playout(0.9, 1, 5000))
     policy.handle(SpeechStarted(1.0))
-    actions = policy.handle(Tick(1.8))  # speech still going after commit_after_s
+    assert voice(policy, 1.0, 1.8) == []
+    actions = policy.handle(Tick(1.8))  # speech still voiced after commit_after_s
     assert actions == [FlushOutput(1), CancelReply(1), Truncate(1, 5000)]
     assert policy.state is Floor.YIELDED
     record = policy.interruptions[0]
@@ -143,6 +155,7 @@ def test_thinking_time_speech_merges_into_the_turn() -> None:
     assert policy.state is Floor.THINKING
     assert policy.handle(SpeechStarted(0.1)) == [PauseOutput(1)]
     assert policy.interruptions[0].tier1 == "hold"
+    voice(policy, 0.1, 0.9)
     assert policy.handle(Tick(0.9)) == [FlushOutput(1), CancelReply(1), Truncate(1, 0)]
     policy.handle(SpeechEnded(1.2))
     policy.handle(Words(1.2, ("for", "two", "people"), final=True))
@@ -163,6 +176,7 @@ def test_thinking_time_noise_releases_the_hold() -> None:
 def test_second_interruption_of_the_answer() -> None:
     policy = speaking_policy()
     policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.8)
     policy.handle(Tick(1.8))
     policy.handle(SpeechEnded(2.0))
     policy.handle(Words(2.0, ("what", "time"), final=True))
@@ -170,6 +184,7 @@ def test_second_interruption_of_the_answer() -> None:
     assert isinstance(start, StartReply) and start.reply_id == 2
     policy.handle(Playout(3.0, 2, 400))
     assert policy.handle(SpeechStarted(3.5)) == [PauseOutput(2)]
+    voice(policy, 3.5, 4.3)
     assert policy.handle(Tick(4.31)) == [FlushOutput(2), CancelReply(2), Truncate(2, 400)]
     assert [r.reply_id for r in policy.interruptions] == [1, 2]
 
@@ -188,6 +203,7 @@ def test_speech_just_after_the_agent_finished_is_a_new_turn() -> None:
 def test_late_reports_about_a_cancelled_reply_are_ignored() -> None:
     policy = speaking_policy()
     policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.8)
     policy.handle(Tick(1.8))
     assert policy.handle(Playout(1.9, 1, 99999)) == []
     assert policy.handle(ReplyFailed(1.9, 1, "late")) == []
@@ -224,7 +240,30 @@ def test_words_normalise_and_backchannels_cover() -> None:
     assert only_backchannel(("mm", "hmm", "i", "see"))
     assert not only_backchannel(("i", "see", "a", "problem"))
     decider = RuleDecider(commit_after_s=0.5)
-    overlap = Overlap(onset_at=0.0, agent_audible=True)
+    overlap = Overlap(onset_at=0.0, agent_audible=True, last_voiced_at=0.45)
     assert decider.decide(overlap, 0.49) is None
     decision = decider.decide(overlap, 0.5)
     assert decision is not None and decision.kind == "commit"
+    # Past the commit time but silent for a while: the VAD's hangover is not speech.
+    assert decider.decide(overlap, 0.6) is None
+    assert decider.deadline(overlap, 0.6) is None
+
+
+def test_a_short_word_held_in_the_hangover_is_not_a_long_speech() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.5)  # 0.5 s of "okay"
+    assert policy.handle(VoiceActivity(1.82, 0.1)) == []  # still in the hangover
+    assert policy.state is Floor.TENTATIVE
+    policy.handle(SpeechEnded(1.85))
+    assert policy.handle(Words(1.85, ("okay",), final=True)) == [ResumeOutput(1)]
+
+
+def test_a_tick_at_the_deadline_always_decides() -> None:
+    # 2.752 + 0.8 - 2.752 < 0.8 in floating point: the deadline itself must count.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(2.752))
+    voice(policy, 2.752, 3.5)
+    deadline = policy.next_deadline()
+    assert deadline is not None
+    assert policy.handle(Tick(deadline))[:2] == [FlushOutput(1), CancelReply(1)]

@@ -33,6 +33,8 @@ class Overlap:
     """Whether the agent's audio had started playing when the user started."""
     speech_active: bool = True
     speech_ended_at: float | None = None
+    last_voiced_at: float = float("-inf")
+    """The latest frame the VAD scored as voiced; the segmenter's hangover is not voice."""
     partials: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     final_words: tuple[str, ...] | None = None
 
@@ -48,7 +50,7 @@ class Decider(Protocol):
         """Commit, resume, or ``None`` to wait for more evidence."""
         ...
 
-    def deadline(self, overlap: Overlap) -> float | None:
+    def deadline(self, overlap: Overlap, now: float) -> float | None:
         """The next time at which :meth:`decide` may answer without a new event."""
         ...
 
@@ -145,13 +147,16 @@ class RuleDecider:
     - an interrupting word (stop, wait, no, hold on, sorry, excuse me...) commits as soon
       as the recogniser has held it in two consecutive partial hypotheses, or in the
       final one; partials flicker, and one frame of "no" inside "oh" is not a command;
-    - speech still going ``commit_after_s`` after the onset commits;
+    - speech still voiced ``commit_after_s`` after the onset commits (voiced within the
+      last ``voiced_gap_s``: the VAD segmenter's end-of-speech hangover is silence, and
+      counting it would turn every half-second "okay" into a bid for the floor);
     - speech that ended before that resumes if its final words are only backchannel or
       none at all, and commits otherwise. If the final words do not arrive within
       ``final_wait_s`` of the end, the latest partial stands in for them.
     """
 
     commit_after_s: float = 0.8
+    voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
@@ -161,7 +166,10 @@ class RuleDecider:
         if word is not None:
             return Decision("commit", f"word:{word}")
         if overlap.speech_active:
-            if now - overlap.onset_at >= self.commit_after_s:
+            if (
+                now >= overlap.onset_at + self.commit_after_s
+                and now - overlap.last_voiced_at <= self.voiced_gap_s
+            ):
                 return Decision("commit", "duration")
             return None
         ended = overlap.speech_ended_at if overlap.speech_ended_at is not None else now
@@ -174,9 +182,11 @@ class RuleDecider:
             return Decision("resume", "backchannel:" + " ".join(words))
         return Decision("commit", "words:" + " ".join(words))
 
-    def deadline(self, overlap: Overlap) -> float | None:
+    def deadline(self, overlap: Overlap, now: float) -> float | None:
         if overlap.speech_active:
-            return overlap.onset_at + self.commit_after_s
+            # Past the commit time, every new VAD frame brings the next decision.
+            due = overlap.onset_at + self.commit_after_s
+            return due if now < due else None
         if overlap.final_words is None and overlap.speech_ended_at is not None:
             return overlap.speech_ended_at + self.final_wait_s
         return None

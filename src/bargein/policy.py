@@ -69,6 +69,14 @@ class SpeechEnded:
 
 
 @dataclass(frozen=True)
+class VoiceActivity:
+    """The VAD's speech probability for one frame (timestamped at the frame's end)."""
+
+    at: float
+    probability: float
+
+
+@dataclass(frozen=True)
 class Words:
     """Recogniser output for the user's current utterance."""
 
@@ -116,7 +124,15 @@ class Tick:
 
 
 Event = (
-    SpeechStarted | SpeechEnded | Words | RequestReply | FirstToken | Playout | ReplyFailed | Tick
+    SpeechStarted
+    | SpeechEnded
+    | VoiceActivity
+    | Words
+    | RequestReply
+    | FirstToken
+    | Playout
+    | ReplyFailed
+    | Tick
 )
 
 
@@ -253,6 +269,8 @@ class PolicyConfig:
     """Silence after the user's speech ends before their turn counts as over."""
     final_wait_s: float = 0.5
     """How long a turn end waits for the recogniser's final words."""
+    voiced_threshold: float = 0.5
+    """A frame at or above this speech probability counts as voiced for tier 2."""
 
 
 @dataclass
@@ -293,6 +311,8 @@ class FloorPolicy:
                 return self._on_speech_started(event)
             case SpeechEnded():
                 return self._on_speech_ended(event)
+            case VoiceActivity():
+                return self._on_voice(event)
             case Words():
                 return self._on_words(event)
             case RequestReply():
@@ -313,7 +333,7 @@ class FloorPolicy:
     def next_deadline(self) -> float | None:
         """When the caller should send a :class:`Tick` even if nothing else happens."""
         if self.state is Floor.TENTATIVE and self._overlap is not None:
-            return self.decider.deadline(self._overlap)
+            return self.decider.deadline(self._overlap, self._now)
         if self.state in (Floor.LISTENING, Floor.YIELDED) and self._turn.ended_at is not None:
             if self._turn.awaiting_final:
                 return self._turn.ended_at + self.config.final_wait_s
@@ -368,7 +388,7 @@ class FloorPolicy:
         assert self.reply_id is not None
         audible = self.state is Floor.SPEAKING
         self._go("user speech")
-        self._overlap = Overlap(onset_at=event.at, agent_audible=audible)
+        self._overlap = Overlap(onset_at=event.at, agent_audible=audible, last_voiced_at=event.at)
         tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
         self._record = InterruptionRecord(self.reply_id, event.at, tier1, event.at)
         self.interruptions.append(self._record)
@@ -388,6 +408,13 @@ class FloorPolicy:
             self._overlap.speech_ended_at = event.at
             return self._decide(event.at)
         return []
+
+    def _on_voice(self, event: VoiceActivity) -> list[Action]:
+        if self.state is not Floor.TENTATIVE or self._overlap is None:
+            return []
+        if event.probability >= self.config.voiced_threshold:
+            self._overlap.last_voiced_at = event.at
+        return self._decide(event.at)
 
     def _on_words(self, event: Words) -> list[Action]:
         if event.final:

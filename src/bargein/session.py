@@ -52,6 +52,7 @@ from bargein.policy import (
     StartReply,
     Tick,
     Truncate,
+    VoiceActivity,
     Words,
 )
 from bargein.providers.base import (
@@ -175,6 +176,7 @@ class Session:
         self._group: asyncio.TaskGroup | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._floor = float("-inf")
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -204,7 +206,9 @@ class Session:
 
     def now(self) -> float:
         assert self._loop is not None, "use the session inside 'async with'"
-        return self._loop.time()
+        # Never earlier than a timer deadline already handled (see _on_timer).
+        self._floor = max(self._floor, self._loop.time())
+        return self._floor
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -260,7 +264,9 @@ class Session:
     def _process_frame(self, frame: FloatAudio) -> None:
         at = self.now()
         self._preroll.append(frame)
-        change = self.segmenter.push(at, self.vad.probability(frame))
+        probability = self.vad.probability(frame)
+        change = self.segmenter.push(at, probability)
+        self._handle(VoiceActivity(at, probability))
         if isinstance(change, SpeechStarted):
             self.recognizer.start()
             words: Sequence[str] = ()
@@ -290,11 +296,14 @@ class Session:
         deadline = self.policy.next_deadline()
         if deadline is not None:
             assert self._loop is not None
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self._loop.call_at(deadline, self._on_timer, deadline)
 
-    def _on_timer(self) -> None:
+    def _on_timer(self, deadline: float) -> None:
         self._timer = None
-        self._handle(Tick(self.now()))
+        # A timer may fire a hair before its deadline in floating point; the policy must
+        # see the deadline reached, or it would ask for the same timer forever.
+        self._floor = max(self.now(), deadline)
+        self._handle(Tick(self._floor))
 
     def _do(self, action: Action) -> None:
         log.debug("action %s", action)
