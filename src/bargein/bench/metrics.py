@@ -1,0 +1,134 @@
+"""The metrics of SCENARIOS.md, and the per-kind summary of a results file.
+
+Everything here is computed at the ear: from what the loudspeaker actually emitted and
+when, not from what the session believes it did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bargein.audio import window_dbfs
+
+AUDIBLE_DBFS = -45.0
+WINDOW_MS = 10.0
+MISSED_AFTER_S = 1.5
+
+
+def words_of(text: str) -> list[str]:
+    """Comparable words: lower case, punctuation dropped."""
+    return [w for w in (re.sub(r"[^a-z0-9']", "", t.lower()) for t in text.split()) if w]
+
+
+def word_edit_distance(a: str, b: str) -> int:
+    x, y = words_of(a), words_of(b)
+    row = list(range(len(y) + 1))
+    for i, wx in enumerate(x, 1):
+        prev, row[0] = row[0], i
+        for j, wy in enumerate(y, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wx != wy))
+    return row[-1]
+
+
+def audible_window_times(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Start times (s) of the 10 ms windows of ``audio`` above the audibility threshold."""
+    levels = window_dbfs(audio, sample_rate, WINDOW_MS)
+    return np.flatnonzero(levels > AUDIBLE_DBFS) * (WINDOW_MS / 1000.0)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q, method="nearest"))
+
+
+def _stats(values: Iterable[float | None]) -> dict[str, float | None]:
+    vals = [float(v) for v in values if v is not None]
+    return {
+        "p50": percentile(vals, 50),
+        "p95": percentile(vals, 95),
+        "max": max(vals) if vals else None,
+    }
+
+
+def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-kind counts, rates and latency percentiles (plus an ``all`` row)."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for s in scenarios:
+        kinds.setdefault(s["kind"], []).append(s)
+    if scenarios:
+        kinds["all"] = list(scenarios)
+    summary: dict[str, dict[str, Any]] = {}
+    for kind, rows in kinds.items():
+        interrupt = [r for r in rows if r["expect"] == "interrupt"]
+        cont = [r for r in rows if r["expect"] == "continue"]
+        summary[kind] = {
+            "count": len(rows),
+            "expect_interrupt": len(interrupt),
+            "expect_continue": len(cont),
+            "interrupted": sum(bool(r["interrupted"]) for r in rows),
+            "missed": sum(bool(r["missed"]) for r in interrupt),
+            "missed_rate": _rate(sum(bool(r["missed"]) for r in interrupt), len(interrupt)),
+            "false_interruptions": sum(bool(r["false_interruption"]) for r in cont),
+            "false_interruption_rate": _rate(
+                sum(bool(r["false_interruption"]) for r in cont), len(cont)
+            ),
+            "stop_latency_ms": _stats(r["stop_latency_ms"] for r in interrupt),
+            "paused_ms": _stats(r["paused_ms"] for r in cont),
+            "decision_ms": _stats(r.get("decision_ms") for r in rows),
+            "state_word_errors": sum(int(r["state_word_errors"]) for r in rows),
+            "llm_tokens_after_cancel": sum(int(r["llm_tokens_after_cancel"]) for r in rows),
+        }
+    return summary
+
+
+def _rate(n: int, d: int) -> float | None:
+    return n / d if d else None
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The readable table printed after a run."""
+    header = (
+        "kind",
+        "n",
+        "missed",
+        "false int.",
+        "stop p50",
+        "stop p95",
+        "stop max",
+        "paused p95",
+        "state err",
+        "tok after cancel",
+    )
+    rows = [header]
+    for kind, s in summary.items():
+        rows.append(
+            (
+                kind,
+                str(s["count"]),
+                f"{s['missed']}/{s['expect_interrupt']}",
+                f"{s['false_interruptions']}/{s['expect_continue']}",
+                _fmt(s["stop_latency_ms"]["p50"]),
+                _fmt(s["stop_latency_ms"]["p95"]),
+                _fmt(s["stop_latency_ms"]["max"]),
+                _fmt(s["paused_ms"]["p95"]),
+                str(s["state_word_errors"]),
+                str(s["llm_tokens_after_cancel"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n(latencies in ms)"

@@ -1,0 +1,299 @@
+"""Plays a scenario set through a real session and measures what the user heard.
+
+At time 0 the runner asks the session for its reply; the scripted LLM streams the
+scenario's ``agent_text`` and the real TTS voices it into a :class:`SimulatedSpeaker`.
+Every 32 ms the runner hands the session one microphone frame: the scenario's sounds
+placed at their anchors, plus the speaker's own output as echo when the scenario asks
+for it. The run ends when the reply has played out (and every event has been heard), or,
+after an interruption, when the session has taken the user's turn and started its next
+reply.
+
+On the virtual clock (:mod:`bargein.clock`) processing time does not count, so the
+figures are the algorithm's own latency, exactly repeatable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bargein.bench.metrics import (
+    MISSED_AFTER_S,
+    WINDOW_MS,
+    audible_window_times,
+    format_table,
+    summarize,
+    word_edit_distance,
+)
+from bargein.bench.speaker import SimulatedSpeaker
+from bargein.clock import ClockKind, run, sleep_until
+from bargein.decider import Decider
+from bargein.policy import PolicyConfig, RestartPolicy
+from bargein.providers.base import (
+    FloatAudio,
+    StreamingRecognizer,
+    TextToSpeech,
+    VoiceActivityDetector,
+)
+from bargein.providers.scripted import ScriptedLLM
+from bargein.scenario import Scenario, ScenarioError, load_set
+from bargein.session import Session, SessionConfig
+
+MIC_RATE = 16000
+FOLLOW_UP = "Of course. Let me help you with that right away."
+
+
+@dataclass
+class Stack:
+    """The providers shared by every scenario of a run (models load once)."""
+
+    vad: VoiceActivityDetector
+    recognizer: StreamingRecognizer
+    tts: TextToSpeech
+
+
+def default_stack() -> Stack:
+    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice."""
+    from bargein.providers.piper import CachedTTS, PiperTTS
+    from bargein.providers.pocketsphinx import PocketSphinxRecognizer
+    from bargein.providers.silero import SileroVAD
+
+    return Stack(SileroVAD(), PocketSphinxRecognizer(), CachedTTS(PiperTTS()))
+
+
+@dataclass
+class RunOptions:
+    restart_policy: RestartPolicy = "respond"
+    first_token_s: float = 0.15
+    tokens_per_s: float = 30.0
+    settle_s: float = 1.0
+    """How long to keep listening after the last event ends."""
+    max_s: float = 150.0
+    decider_factory: Callable[[], Decider] | None = None
+
+
+@dataclass
+class _PlacedEvent:
+    audio: FloatAudio
+    start: int | None  # microphone sample index, once the anchor is known
+    onset_s: float  # where the sound starts inside the audio
+    anchor: str
+    at_s: float
+
+
+@dataclass
+class _Microphone:
+    events: list[_PlacedEvent]
+    echo_gain: float
+    echo_delay_s: float
+    speaker: SimulatedSpeaker
+    echo: bool
+    position: int = 0
+    log: list[FloatAudio] = field(default_factory=list)
+
+    def place(self, speech_anchor: float | None) -> None:
+        for ev in self.events:
+            if ev.start is not None:
+                continue
+            base = 0.0 if ev.anchor == "reply" else speech_anchor
+            if base is not None:
+                ev.start = round((base + ev.at_s) * MIC_RATE)
+
+    def frame(self, size: int) -> FloatAudio:
+        lo, hi = self.position, self.position + size
+        out = np.zeros(size, dtype=np.float32)
+        for ev in self.events:
+            if ev.start is None:
+                continue
+            a, b = max(lo, ev.start), min(hi, ev.start + len(ev.audio))
+            if a < b:
+                out[a - lo : b - lo] += ev.audio[a - ev.start : b - ev.start]
+        if self.echo:
+            t0, t1 = lo / MIC_RATE - self.echo_delay_s, hi / MIC_RATE - self.echo_delay_s
+            out += self.echo_gain * self.speaker.output_between(t0, t1, MIC_RATE)
+        self.position = hi
+        np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+    def onset(self) -> float | None:
+        """Ground truth: where the first event's sound starts on the shared timeline."""
+        placed = [ev for ev in self.events if ev.start is not None]
+        if not placed:
+            return None
+        first = min(placed, key=lambda ev: ev.start or 0)
+        assert first.start is not None
+        return first.start / MIC_RATE + first.onset_s
+
+    def last_end(self) -> float | None:
+        if any(ev.start is None for ev in self.events):
+            return None
+        return max(
+            (((ev.start or 0) + len(ev.audio)) / MIC_RATE for ev in self.events), default=0.0
+        )
+
+
+async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) -> dict[str, Any]:
+    speaker = SimulatedSpeaker(stack.tts.sample_rate, max_s=options.max_s + 5)
+    llm = ScriptedLLM(
+        [scenario.agent_text, FOLLOW_UP],
+        first_token_s=options.first_token_s,
+        tokens_per_s=options.tokens_per_s,
+    )
+    stack.vad.reset()
+    session = Session(
+        vad=stack.vad,
+        recognizer=stack.recognizer,
+        llm=llm,
+        tts=stack.tts,
+        sink=speaker,
+        config=SessionConfig(policy=PolicyConfig(restart_policy=options.restart_policy)),
+        decider=options.decider_factory() if options.decider_factory else None,
+    )
+    mic = _Microphone(
+        events=[
+            _PlacedEvent(ev.load(MIC_RATE), None, ev.onset_in_audio(), ev.anchor, ev.at_s)
+            for ev in scenario.events
+        ],
+        echo_gain=10 ** (scenario.echo.gain_db / 20) if scenario.echo else 0.0,
+        echo_delay_s=scenario.echo.delay_ms / 1000 if scenario.echo else 0.0,
+        speaker=speaker,
+        echo=scenario.echo is not None,
+    )
+    frame = stack.vad.frame_samples
+    async with session:
+        speaker.on_playout = session.playout
+        stop = asyncio.Event()
+        speaker_task = asyncio.create_task(speaker.run(stop))
+        session.request_reply()
+        t0 = asyncio.get_running_loop().time()
+        n = 0
+        while True:
+            n += 1
+            await sleep_until(t0 + n * frame / MIC_RATE)
+            mic.place(speaker.first_sound_at.get(1))
+            session.push_audio(mic.frame(frame))
+            if _finished(session, mic, n * frame / MIC_RATE, options):
+                break
+        stop.set()
+        await speaker_task
+    return _measure(scenario, session, speaker, mic)
+
+
+def _finished(session: Session, mic: _Microphone, t: float, options: RunOptions) -> bool:
+    if t >= options.max_s:
+        return True
+    first = session.replies.get(1)
+    if first is None:
+        return False
+    if first.cancelled_at is not None:
+        return len(session.replies) >= 2 or (
+            not session.policy.user_speaking and t - first.cancelled_at > 10.0
+        )
+    if 1 not in session.recorded:
+        return False
+    last = mic.last_end()
+    return last is not None and t >= last + options.settle_s
+
+
+def _measure(
+    scenario: Scenario, session: Session, speaker: SimulatedSpeaker, mic: _Microphone
+) -> dict[str, Any]:
+    rate = speaker.sample_rate
+    end = speaker.rendered
+    ours = np.where(speaker.reply_at[:end] == 1, speaker.recording[:end], 0.0)
+    audible = audible_window_times(ours.astype(np.float32), rate)
+    window = WINDOW_MS / 1000.0
+    onset = mic.onset()
+    reply = session.replies.get(1)
+    interrupted = reply is not None and reply.cancelled_at is not None
+    expect_interrupt = scenario.expect == "interrupt"
+
+    stop_latency: float | None = None
+    missed = False
+    if expect_interrupt:
+        if onset is not None:
+            last = float(audible[-1]) + window if len(audible) else None
+            stop_latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
+            late = audible[audible >= onset + MISSED_AFTER_S]
+            missed = bool(len(late)) or not interrupted
+        else:
+            missed = not interrupted
+
+    heard = reply.tracker.heard_text(speaker.played.get(1, 0)) if reply else ""
+    recorded = session.recorded.get(1, "")
+    records = [r for r in session.timeline if r.reply_id == 1]
+    decision_ms = None
+    if records and records[0].decided_at is not None and onset is not None:
+        decision_ms = (records[0].decided_at - onset) * 1000
+    return {
+        "name": scenario.name,
+        "kind": scenario.kind,
+        "expect": scenario.expect,
+        "onset_s": onset,
+        "stop_latency_ms": stop_latency,
+        "missed": missed,
+        "interrupted": interrupted,
+        "false_interruption": scenario.expect == "continue" and interrupted,
+        "paused_ms": speaker.paused_s.get(1, 0.0) * 1000 if not expect_interrupt else None,
+        "heard_text": heard,
+        "recorded_text": recorded,
+        "state_word_errors": word_edit_distance(heard, recorded),
+        "llm_tokens_after_cancel": reply.tokens_after_cancel if reply else 0,
+        "decision": records[0].decision if records else None,
+        "decision_reason": records[0].reason if records else None,
+        "decision_ms": decision_ms,
+        "timeline": [r.as_dict() for r in session.timeline],
+        "errors": list(session.errors),
+    }
+
+
+def run_set(
+    folder: Path,
+    *,
+    clock: ClockKind = "virtual",
+    options: RunOptions | None = None,
+    only: Sequence[str] = (),
+    stack: Stack | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every scenario of ``folder``; errors in one scenario never stop the others."""
+    options = options or RunOptions()
+    scenarios, errors = load_set(folder)
+    if only:
+        scenarios = [s for s in scenarios if s.kind in only]
+    stack = stack or default_stack()
+    results: list[dict[str, Any]] = []
+    problems = [str(e) for e in errors]
+    for i, scenario in enumerate(scenarios, 1):
+        if progress:
+            print(f"[{i}/{len(scenarios)}] {scenario.name}", file=sys.stderr, flush=True)
+        try:
+            results.append(run(run_scenario(scenario, stack, options), clock))
+        except ScenarioError as exc:
+            problems.append(str(exc))
+        except Exception as exc:  # one broken scenario must not stop the set
+            problems.append(f"{scenario.path.name}: run failed: {_describe(exc)}")
+    return {
+        "clock": clock,
+        "summary": summarize(results),
+        "scenarios": results,
+        "errors": problems,
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+def print_report(results: dict[str, Any]) -> None:
+    print(format_table(results["summary"]))
+    for problem in results.get("errors", []):
+        print(f"error: {problem}")

@@ -1,0 +1,122 @@
+"""The ``bargein`` command.
+
+- ``bargein bench SCENARIO_DIR --clock virtual --out results.json``: run a scenario set;
+- ``bargein scenarios DEST``: generate the built-in public scenario set;
+- ``bargein demo``: generate the built-in set (once) and benchmark it on the virtual clock;
+- ``bargein diagram``: print the policy's state diagram (Mermaid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import get_args
+
+from bargein.policy import RestartPolicy
+
+DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bargein.bench.runner import RunOptions, print_report, run_set
+    from bargein.scenario import ScenarioError
+
+    if args.clock != "virtual":
+        print(
+            "error: only --clock virtual is available in this version; "
+            "the real-time runner is not built yet",
+            file=sys.stderr,
+        )
+        return 2
+    options = RunOptions(restart_policy=args.restart_policy)
+    try:
+        results = run_set(Path(args.scenario_dir), options=options, only=args.only or ())
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}", file=sys.stderr)
+    print_report(results)
+    return 1 if results["errors"] else 0
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from bargein.builtin_set import generate_builtin_set
+
+    path = generate_builtin_set(Path(args.dest), force=args.force)
+    print(path)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bargein.builtin_set import generate_builtin_set
+
+    print(f"Preparing the built-in scenario set in {args.dest} ...", file=sys.stderr)
+    generate_builtin_set(Path(args.dest))
+    bench_args = argparse.Namespace(
+        scenario_dir=args.dest,
+        clock="virtual",
+        out=args.out,
+        only=None,
+        restart_policy="respond",
+    )
+    return _bench(bench_args)
+
+
+def _diagram(_: argparse.Namespace) -> int:
+    from bargein.policy import mermaid_diagram
+
+    print(mermaid_diagram())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bargein", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the timeline as JSON")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="run a scenario set and measure barge-in handling")
+    bench.add_argument("scenario_dir")
+    bench.add_argument("--clock", choices=["virtual", "real"], default="virtual")
+    bench.add_argument("--out", help="write the results JSON here")
+    bench.add_argument("--only", action="append", metavar="KIND", help="run only this kind")
+    bench.add_argument(
+        "--restart-policy",
+        choices=get_args(RestartPolicy),
+        default="respond",
+        dest="restart_policy",
+    )
+    bench.set_defaults(func=_bench)
+
+    scen = sub.add_parser("scenarios", help="generate the built-in scenario set")
+    scen.add_argument("dest", nargs="?", default=str(DEFAULT_SET_DIR))
+    scen.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    scen.set_defaults(func=_scenarios)
+
+    demo = sub.add_parser("demo", help="benchmark the built-in set on the virtual clock")
+    demo.add_argument("--dest", default=str(DEFAULT_SET_DIR))
+    demo.add_argument("--out", default="results.json")
+    demo.set_defaults(func=_demo)
+
+    diagram = sub.add_parser("diagram", help="print the policy's state diagram")
+    diagram.set_defaults(func=_diagram)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(name)s %(message)s",
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

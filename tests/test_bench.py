@@ -1,0 +1,140 @@
+"""The benchmark runner and its metrics, on the virtual clock with doubled models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bargein.audio import write_wav
+from bargein.bench.metrics import format_table, percentile, summarize, word_edit_distance
+from bargein.bench.runner import RunOptions, Stack, run_set
+from bargein.cli import main as cli_main
+from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS
+
+AGENT = " ".join(f"word{i}." if i % 6 == 5 else f"word{i}" for i in range(40))
+
+
+def scenario(folder: Path, name: str, kind: str, expect: str, events: list[dict[str, Any]]) -> None:
+    doc = {
+        "format": "bargein-scenario/1",
+        "name": name,
+        "kind": kind,
+        "expect": expect,
+        "agent_text": AGENT,
+        "events": events,
+        "echo": None,
+        "comment": "unknown fields are ignored",
+    }
+    (folder / f"{name}.json").write_text(json.dumps(doc))
+
+
+def loud_wav(path: Path, lead_s: float, length_s: float, rate: int = 16000) -> None:
+    audio = np.zeros(int((lead_s + length_s) * rate), dtype=np.float32)
+    audio[int(lead_s * rate) :] = 0.3
+    write_wav(path, audio, rate)
+
+
+@pytest.fixture()
+def scenario_dir(tmp_path: Path) -> Path:
+    loud_wav(tmp_path / "long.wav", 0.2, 1.2)
+    loud_wav(tmp_path / "short.wav", 0.1, 0.3, rate=22050)
+    scenario(
+        tmp_path,
+        "barge",
+        "barge_in",
+        "interrupt",
+        [{"at_s": 1.0, "audio": "long.wav", "text": "hold on"}],
+    )
+    scenario(tmp_path, "uhhuh", "backchannel", "continue", [{"at_s": 1.5, "audio": "short.wav"}])
+    scenario(tmp_path, "quiet", "silence", "continue", [])
+    (tmp_path / "broken.json").write_text('{"format": "bargein-scenario/2"}')
+    return tmp_path
+
+
+def stack() -> Stack:
+    # The recogniser hears "hold on" in the first utterance and "uh huh" in the second.
+    recognizer = ScriptedRecognizer(
+        [([(0.0, ("hold", "on"))], ("hold", "on")), ([(0.0, ("uh",))], ("uh", "huh"))]
+    )
+    return Stack(LevelVAD(), recognizer, WordTTS())
+
+
+def test_run_set_measures_each_scenario_at_the_ear(scenario_dir: Path) -> None:
+    results = run_set(scenario_dir, stack=stack(), progress=False)
+    by_name = {s["name"]: s for s in results["scenarios"]}
+    assert set(by_name) == {"barge", "uhhuh", "quiet"}
+    assert len(results["errors"]) == 1 and "broken.json" in results["errors"][0]
+
+    barge = by_name["barge"]
+    # Ground-truth onset: anchor + at_s + 0.2 s of lead-in. The anchor is the first audible
+    # agent sample: the first sentence is complete once the token after "word5." arrives,
+    # 0.15 s + 6 tokens at 30 tokens/s, and the speaker plays it on its next 10 ms tick.
+    assert barge["onset_s"] == pytest.approx(0.35 + 1.0 + 0.2, abs=0.011)
+    assert barge["interrupted"] and not barge["missed"]
+    assert 0 <= barge["stop_latency_ms"] <= 50  # one 32 ms frame plus a 10 ms tick
+    assert barge["state_word_errors"] == 0 and barge["recorded_text"] == barge["heard_text"]
+    assert barge["heard_text"] and barge["heard_text"] != AGENT
+    assert barge["llm_tokens_after_cancel"] == 0
+    assert barge["decision"] == "commit" and barge["decision_reason"] == "word:hold on"
+
+    uhhuh = by_name["uhhuh"]
+    assert not uhhuh["interrupted"] and not uhhuh["false_interruption"]
+    assert uhhuh["decision"] == "resume"
+    # Paused from the onset until the speech end was confirmed: 0.3 s of sound + hangover.
+    assert 300 <= uhhuh["paused_ms"] <= 700
+    assert uhhuh["recorded_text"] == AGENT == uhhuh["heard_text"]
+
+    quiet = by_name["quiet"]
+    assert not quiet["interrupted"] and quiet["paused_ms"] == 0
+    assert quiet["recorded_text"] == AGENT == quiet["heard_text"]
+
+
+def test_summary_counts_and_percentiles(scenario_dir: Path) -> None:
+    results = run_set(scenario_dir, stack=stack(), progress=False, only=["barge_in"])
+    summary = results["summary"]
+    assert set(summary) == {"barge_in", "all"}
+    assert summary["barge_in"]["missed"] == 0 and summary["barge_in"]["count"] == 1
+    assert "barge_in" in format_table(summary)
+
+
+def test_metric_helpers() -> None:
+    assert word_edit_distance("One two, three.", "one two three") == 0
+    assert word_edit_distance("a b c", "a c") == 1
+    assert word_edit_distance("", "a b") == 2
+    assert percentile([1, 2, 3, 4, 100], 50) == 3
+    assert percentile([], 95) is None
+    rows = [
+        {
+            "kind": "noise",
+            "expect": "continue",
+            "interrupted": True,
+            "missed": False,
+            "false_interruption": True,
+            "stop_latency_ms": None,
+            "paused_ms": 120.0,
+            "state_word_errors": 0,
+            "llm_tokens_after_cancel": 0,
+        }
+    ]
+    assert summarize(rows)["noise"]["false_interruption_rate"] == 1.0
+
+
+def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["bench", str(tmp_path / "nope"), "--clock", "virtual"])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:
+    results = run_set(
+        scenario_dir,
+        stack=stack(),
+        progress=False,
+        only=["barge_in"],
+        options=RunOptions(restart_policy="restart"),
+    )
+    assert results["scenarios"][0]["interrupted"]
