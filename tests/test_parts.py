@@ -10,7 +10,7 @@ from bargein.playout import PlayoutTracker
 from bargein.policy import SpeechEnded, SpeechStarted
 from bargein.providers.base import SpeechChunk, WordTiming
 from bargein.providers.scripted import tokenize
-from bargein.vad import SpeechSegmenter
+from bargein.vad import LoudnessGate, SpeechSegmenter
 
 
 def test_segmenter_starts_on_one_frame_and_ends_after_the_hangover() -> None:
@@ -80,3 +80,27 @@ def test_tokens_reassemble_the_text() -> None:
     text = "Sure. Your flight leaves at nine."
     assert "".join(tokenize(text)) == text
     assert len(tokenize(text)) == len(text.split())
+
+
+def test_loudness_gate_fires_on_a_jump_above_the_floor() -> None:
+    gate = LoudnessGate(16000)
+    quiet = np.full(1600, 1e-4, dtype=np.float32)  # -80 dBFS hum
+    assert not gate.push(quiet)
+    assert gate.floor_dbfs < -75
+    assert gate.push(np.full(160, 0.05, dtype=np.float32))  # -26 dBFS: a voice or a bang
+    assert not gate.push(np.full(160, 0.001, dtype=np.float32))  # -60 dBFS: under -42
+
+
+def test_an_unconfirmed_loud_start_is_withdrawn_and_the_gate_rests() -> None:
+    seg = SpeechSegmenter(confirm_s=0.1, refractory_s=0.5)
+    assert seg.push_loud(1.0) == SpeechStarted(1.0, voiced=False)
+    assert seg.push_loud(1.01) is None  # already open
+    assert seg.push(1.032, 0.1) is None
+    assert seg.push(1.064, 0.1) is None
+    assert seg.push(1.096, 0.1) is None
+    assert seg.push(1.128, 0.1) == SpeechEnded(1.128)
+    assert not seg.confirmed
+    assert seg.push_loud(1.3) is None  # refractory
+    assert seg.push_loud(1.7) == SpeechStarted(1.7, voiced=False)
+    assert seg.push(1.732, 0.4) is None  # a voice: confirmed, and now ends the normal way
+    assert seg.confirmed and seg.active

@@ -150,6 +150,7 @@ class RuleDecider:
     - speech still voiced ``commit_after_s`` after the onset commits (voiced within the
       last ``voiced_gap_s``: the VAD segmenter's end-of-speech hangover is silence, and
       counting it would turn every half-second "okay" into a bid for the floor);
+    - a sound that ended without the VAD ever scoring it as voice resumes at once;
     - speech that ended before that resumes if its final words are only backchannel or
       none at all, and commits otherwise. If the final words do not arrive within
       ``final_wait_s`` of the end, the latest partial stands in for them.
@@ -162,6 +163,8 @@ class RuleDecider:
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
 
     def decide(self, overlap: Overlap, now: float) -> Decision | None:
+        if not overlap.speech_active and overlap.last_voiced_at == float("-inf"):
+            return Decision("resume", "no-voice")
         word = self._interrupt_word(overlap)
         if word is not None:
             return Decision("commit", f"word:{word}")

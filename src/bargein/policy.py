@@ -60,7 +60,10 @@ class Floor(enum.Enum):
 
 @dataclass(frozen=True)
 class SpeechStarted:
+    """User sound began. ``voiced`` is False when only loudness, not the VAD, saw it."""
+
     at: float
+    voiced: bool = True
 
 
 @dataclass(frozen=True)
@@ -388,7 +391,11 @@ class FloorPolicy:
         assert self.reply_id is not None
         audible = self.state is Floor.SPEAKING
         self._go("user speech")
-        self._overlap = Overlap(onset_at=event.at, agent_audible=audible, last_voiced_at=event.at)
+        self._overlap = Overlap(
+            onset_at=event.at,
+            agent_audible=audible,
+            last_voiced_at=event.at if event.voiced else float("-inf"),
+        )
         tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
         self._record = InterruptionRecord(self.reply_id, event.at, tier1, event.at)
         self.interruptions.append(self._record)
@@ -431,6 +438,10 @@ class FloorPolicy:
             return self._decide(event.at)
         if self.state in (Floor.LISTENING, Floor.YIELDED):
             return self._maybe_turn_end(event.at)
+        # THINKING or SPEAKING: the words belong to an overlap tier 2 already resumed
+        # from; they are not the user's turn.
+        self._turn.words.clear()
+        self._turn.utterance_words = ()
         return []
 
     def _on_tick(self, now: float) -> list[Action]:

@@ -63,7 +63,7 @@ from bargein.providers.base import (
     TextToSpeech,
     VoiceActivityDetector,
 )
-from bargein.vad import SpeechSegmenter
+from bargein.vad import LoudnessGate, SpeechSegmenter
 
 log = logging.getLogger("bargein.session")
 timeline_log = logging.getLogger("bargein.timeline")
@@ -128,6 +128,8 @@ class SessionConfig:
     duck_gain: float = 0.1
     preroll_s: float = 0.3
     """Audio kept before a speech start, so the recogniser hears the first syllable."""
+    loudness_onset: bool = True
+    """Let a sudden loud sound pause the agent before the VAD has confirmed a voice."""
     system_prompt: str | None = None
 
 
@@ -162,6 +164,7 @@ class Session:
         self.sink = sink
         self.policy = FloorPolicy(self.config.policy, decider)
         self.segmenter = segmenter or SpeechSegmenter()
+        self.gate = LoudnessGate(self.sample_rate) if self.config.loudness_onset else None
         self.conversation = Conversation()
         if self.config.system_prompt is not None:
             self.conversation.system_prompt = self.config.system_prompt
@@ -224,6 +227,10 @@ class Session:
         here, so a wrong rate cannot silently shift every timestamp.
         """
         samples = self._validate(audio, sample_rate)
+        if self.gate is not None and self.gate.push(samples):
+            start = self.segmenter.push_loud(self.now())
+            if start is not None:
+                self._speech_started(start)
         self._pending = np.concatenate([self._pending, samples])
         size = self.vad.frame_samples
         while len(self._pending) >= size:
@@ -268,19 +275,24 @@ class Session:
         change = self.segmenter.push(at, probability)
         self._handle(VoiceActivity(at, probability))
         if isinstance(change, SpeechStarted):
-            self.recognizer.start()
-            words: Sequence[str] = ()
-            for past in self._preroll:
-                words = self.recognizer.feed(past)
-            self._handle(change)
-            self._handle(Words(at, tuple(words)))
+            self._speech_started(change)
         elif self.segmenter.active or isinstance(change, SpeechEnded):
             words = self.recognizer.feed(frame)
             self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
             final = tuple(self.recognizer.finish())
+            if not self.segmenter.confirmed:
+                final = ()  # loud but never a voice: whatever the recogniser made of it
             self._handle(change)
             self._handle(Words(at, final, final=True))
+
+    def _speech_started(self, start: SpeechStarted) -> None:
+        self.recognizer.start()
+        words: Sequence[str] = ()
+        for past in self._preroll:
+            words = self.recognizer.feed(past)
+        self._handle(start)
+        self._handle(Words(start.at, tuple(words)))
 
     # -- the policy loop ----------------------------------------------------------------
 

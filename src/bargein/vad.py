@@ -1,18 +1,63 @@
-"""From per-frame speech probabilities to speech start and end events.
+"""From microphone audio to speech start and end events.
 
-Tier 1 must react within one frame, so a start needs only ``start_frames`` frames at or
-above ``start_threshold`` (one, by default: a false start costs a short pause that tier 2
-undoes, a late start costs the user hearing the agent talk over them). An end needs
-``end_silence_s`` of frames under the lower ``end_threshold``, so a breath between two
-words does not split an utterance. Pure and clock-free like the policy: the caller
-passes each frame's timestamp.
+Two detectors feed one segmenter:
+
+- **Silero's speech probability**, one score per 32 ms frame. It is the judge of whether a
+  sound is a voice, but it can be slow to fire on a word that opens with a fricative:
+  "stop" can take four frames (130 ms) to cross 0.5, because /s/ is hiss.
+- **A loudness gate**, on 10 ms blocks as they arrive. A sound that jumps well above the
+  running noise floor opens a *tentative* start at once, so tier 1 can pause the agent
+  within milliseconds. Silero must then confirm it within ``confirm_s``; if it does not,
+  the start is withdrawn (an end with no voice in it, which tier 2 resumes at once),
+  and the gate stays shut for ``refractory_s`` so a rattling noise does not keep
+  pausing the agent.
+
+An end needs ``end_silence_s`` of frames under ``end_threshold``, so a breath between two
+words does not split an utterance. Everything here is pure and clock-free like the
+policy: the caller passes each block's timestamp.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from bargein.policy import SpeechEnded, SpeechStarted
+from bargein.providers.base import FloatAudio
+
+
+@dataclass
+class LoudnessGate:
+    """Flags 10 ms blocks that stand ``margin_db`` above the noise floor."""
+
+    sample_rate: int = 16000
+    block_s: float = 0.01
+    margin_db: float = 15.0
+    min_dbfs: float = -42.0
+    floor_rise_db_per_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        self.block = round(self.sample_rate * self.block_s)
+        self.floor_dbfs = -90.0
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def push(self, audio: FloatAudio) -> bool:
+        """Feed audio; True if any complete block in it was loud."""
+        self._pending = np.concatenate([self._pending, audio])
+        loud = False
+        while len(self._pending) >= self.block:
+            block, self._pending = self._pending[: self.block], self._pending[self.block :]
+            level = 10 * np.log10(float(np.mean(block.astype(np.float64) ** 2)) + 1e-12)
+            if level >= max(self.min_dbfs, self.floor_dbfs + self.margin_db):
+                loud = True
+            # The floor follows quiet blocks down at once and creeps up slowly, so a
+            # steady hum raises it but a voice does not.
+            if level < self.floor_dbfs:
+                self.floor_dbfs = level
+            else:
+                self.floor_dbfs += self.floor_rise_db_per_s * self.block_s
+        return loud
 
 
 @dataclass
@@ -21,16 +66,36 @@ class SpeechSegmenter:
     end_threshold: float = 0.35
     start_frames: int = 1
     end_silence_s: float = 0.25
+    confirm_threshold: float = 0.3
+    """A loudness start counts as voice once a frame scores at least this."""
+    confirm_s: float = 0.25
+    refractory_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.end_threshold <= self.start_threshold < 1.0:
             raise ValueError("need 0 < end_threshold <= start_threshold < 1")
         if self.start_frames < 1:
             raise ValueError("start_frames must be at least 1")
+        self.reset()
+
+    def reset(self) -> None:
         self.active = False
+        self.confirmed = False
         self._above = 0
         self._quiet_since: float | None = None
         self._last_at: float | None = None
+        self._started_at = 0.0
+        self._gate_shut_until = float("-inf")
+
+    def push_loud(self, at: float) -> SpeechStarted | None:
+        """The loudness gate fired: open a tentative start unless speech is already on."""
+        if self.active or at < self._gate_shut_until:
+            return None
+        self.active = True
+        self.confirmed = False
+        self._started_at = at
+        self._quiet_since = None
+        return SpeechStarted(at, voiced=False)
 
     def push(self, at: float, probability: float) -> SpeechStarted | SpeechEnded | None:
         """Feed one frame's probability, timestamped at the frame's end."""
@@ -39,9 +104,18 @@ class SpeechSegmenter:
             self._above = self._above + 1 if probability >= self.start_threshold else 0
             if self._above >= self.start_frames:
                 self.active = True
+                self.confirmed = True
                 self._above = 0
                 self._quiet_since = None
                 return SpeechStarted(at)
+            return None
+        if not self.confirmed:
+            if probability >= self.confirm_threshold:
+                self.confirmed = True
+            elif at - self._started_at >= self.confirm_s - 1e-9:
+                self.active = False
+                self._gate_shut_until = at + self.refractory_s
+                return SpeechEnded(at)
             return None
         if probability >= self.end_threshold:
             self._quiet_since = None
@@ -54,9 +128,3 @@ class SpeechSegmenter:
             self._quiet_since = None
             return SpeechEnded(at)
         return None
-
-    def reset(self) -> None:
-        self.active = False
-        self._above = 0
-        self._quiet_since = None
-        self._last_at = None

@@ -2,7 +2,7 @@
 
 At time 0 the runner asks the session for its reply; the scripted LLM streams the
 scenario's ``agent_text`` and the real TTS voices it into a :class:`SimulatedSpeaker`.
-Every 32 ms the runner hands the session one microphone frame: the scenario's sounds
+Every 10 ms the runner hands the session the next microphone chunk: the scenario's sounds
 placed at their anchors, plus the speaker's own output as echo when the scenario asks
 for it. The run ends when the reply has played out (and every event has been heard), or,
 after an interruption, when the session has taken the user's turn and started its next
@@ -46,6 +46,8 @@ from bargein.scenario import Scenario, ScenarioError, load_set
 from bargein.session import Session, SessionConfig
 
 MIC_RATE = 16000
+MIC_CHUNK = 160
+"""The microphone delivers 10 ms at a time, as WebRTC does (telephony sends 20 ms)."""
 FOLLOW_UP = "Of course. Let me help you with that right away."
 
 
@@ -165,7 +167,6 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
         speaker=speaker,
         echo=scenario.echo is not None,
     )
-    frame = stack.vad.frame_samples
     async with session:
         speaker.on_playout = session.playout
         stop = asyncio.Event()
@@ -175,10 +176,10 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
         n = 0
         while True:
             n += 1
-            await sleep_until(t0 + n * frame / MIC_RATE)
+            await sleep_until(t0 + n * MIC_CHUNK / MIC_RATE)
             mic.place(speaker.first_sound_at.get(1))
-            session.push_audio(mic.frame(frame))
-            if _finished(session, mic, n * frame / MIC_RATE, options):
+            session.push_audio(mic.frame(MIC_CHUNK))
+            if _finished(session, mic, n * MIC_CHUNK / MIC_RATE, options):
                 break
         stop.set()
         await speaker_task
