@@ -267,3 +267,15 @@ def test_a_tick_at_the_deadline_always_decides() -> None:
     deadline = policy.next_deadline()
     assert deadline is not None
     assert policy.handle(Tick(deadline))[:2] == [FlushOutput(1), CancelReply(1)]
+
+
+def test_a_loud_sound_the_vad_never_confirms_resumes_at_once() -> None:
+    policy = speaking_policy()
+    assert policy.handle(SpeechStarted(1.0, voiced=False)) == [PauseOutput(1)]
+    assert policy.handle(VoiceActivity(1.032, 0.1)) == []
+    assert policy.handle(SpeechEnded(1.25)) == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "no-voice"
+    # Whatever a recogniser made of the noise is not the user's turn.
+    assert policy.handle(Words(1.25, ("the", "bud"), final=True)) == []
+    policy.handle(Playout(3.0, 1, 900, complete=True))
+    assert run_until_quiet(policy, 10.0) == []

@@ -1,0 +1,54 @@
+"""The engine's targets, checked with the benchmark on the built-in set (virtual clock).
+
+This runs every built-in scenario through the real stack: Silero VAD, pocketsphinx,
+Piper, the scripted LLM. On the virtual clock the figures are exact and repeatable, so a
+regression in the interruption path shows up here as a number, not a flake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bargein.bench.runner import run_set
+from bargein.builtin_set import generate_builtin_set
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = generate_builtin_set(tmp_path_factory.mktemp("targets") / "set")
+    return run_set(folder, progress=False)
+
+
+def test_every_scenario_ran(results: dict[str, Any]) -> None:
+    assert results["errors"] == []
+    assert len(results["scenarios"]) >= 30
+    assert all(s["errors"] == [] for s in results["scenarios"])
+
+
+@pytest.mark.parametrize("kind", ["barge_in", "short_command"])
+def test_interruptions_stop_fast_and_none_is_missed(results: dict[str, Any], kind: str) -> None:
+    summary = results["summary"][kind]
+    assert summary["count"] >= 8
+    assert summary["missed"] == 0
+    assert summary["stop_latency_ms"]["p95"] <= 100
+
+
+def test_state_matches_what_was_heard(results: dict[str, Any]) -> None:
+    interrupted = [s for s in results["scenarios"] if s["interrupted"]]
+    assert len(interrupted) >= 20
+    for s in interrupted:
+        assert s["state_word_errors"] == 0, s["name"]
+        assert s["llm_tokens_after_cancel"] == 0, s["name"]
+        assert s["recorded_text"] == s["heard_text"], s["name"]
+
+
+def test_controls_are_never_touched(results: dict[str, Any]) -> None:
+    controls = [s for s in results["scenarios"] if s["kind"] in ("silence", "near_end")]
+    assert len(controls) >= 3
+    for s in controls:
+        assert not s["interrupted"], s["name"]
+        assert s["paused_ms"] == 0, s["name"]
+        assert s["timeline"] == [], s["name"]
