@@ -7,7 +7,6 @@ regression in the interruption path shows up here as a number, not a flake.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
