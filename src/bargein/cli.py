@@ -32,7 +32,9 @@ def _bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    options = RunOptions(restart_policy=args.restart_policy)
+    options = RunOptions(
+        restart_policy=args.restart_policy, loudness_onset=not args.no_loudness_onset
+    )
     try:
         results = run_set(Path(args.scenario_dir), options=options, only=args.only or ())
     except ScenarioError as exc:
@@ -64,6 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
         out=args.out,
         only=None,
         restart_policy="respond",
+        no_loudness_onset=False,
     )
     return _bench(bench_args)
 
@@ -90,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(RestartPolicy),
         default="respond",
         dest="restart_policy",
+    )
+    bench.add_argument(
+        "--no-loudness-onset",
+        action="store_true",
+        help="tier 1 waits for the VAD instead of reacting to a sudden loud sound",
     )
     bench.set_defaults(func=_bench)
 

@@ -78,6 +78,7 @@ class RunOptions:
     """How long to keep listening after the last event ends."""
     max_s: float = 150.0
     decider_factory: Callable[[], Decider] | None = None
+    loudness_onset: bool = True
 
 
 @dataclass
@@ -154,7 +155,10 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
         llm=llm,
         tts=stack.tts,
         sink=speaker,
-        config=SessionConfig(policy=PolicyConfig(restart_policy=options.restart_policy)),
+        config=SessionConfig(
+            policy=PolicyConfig(restart_policy=options.restart_policy),
+            loudness_onset=options.loudness_onset,
+        ),
         decider=options.decider_factory() if options.decider_factory else None,
     )
     mic = _Microphone(
