@@ -50,7 +50,7 @@ __all__ = [
     "main",
 ]
 
-GENERATOR_VERSION: Final = "bargein-builtin-set/1"
+GENERATOR_VERSION: Final = "bargein-builtin-set/2"
 """Identifies the generator's output; stored in the STAMP file."""
 
 STAMP_NAME: Final = "STAMP"
@@ -520,8 +520,13 @@ class _Piper:
         return shifted
 
     def reply_duration(self, text: str) -> float:
-        """Seconds of speech in ``text`` at default settings, summed sentence by sentence."""
-        return sum(chunk.size for chunk in self.chunks(text)) / self.sample_rate
+        """Seconds of ``text`` in the benchmark's agent voice, summed sentence by sentence.
+
+        The agent voice has no sampling noise (``PiperTTS.repeatable``), so this is the
+        exact length the runner will play, and a ``near_end`` event lands just after it.
+        """
+        config = self._config_cls(noise_scale=0.0, noise_w_scale=0.0)
+        return sum(chunk.size for chunk in self.chunks(text, config)) / self.sample_rate
 
 
 def _espeak_requests(specs: Sequence[_Spec]) -> list[SpeakRequest]:

@@ -61,12 +61,15 @@ class Stack:
 
 
 def default_stack() -> Stack:
-    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice."""
+    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice.
+
+    The agent's voice is Piper without sampling noise, so a run repeats exactly.
+    """
     from bargein.providers.piper import CachedTTS, PiperTTS
     from bargein.providers.pocketsphinx import PocketSphinxRecognizer
     from bargein.providers.silero import SileroVAD
 
-    return Stack(SileroVAD(), PocketSphinxRecognizer(), CachedTTS(PiperTTS()))
+    return Stack(SileroVAD(), PocketSphinxRecognizer(), CachedTTS(PiperTTS.repeatable()))
 
 
 @dataclass

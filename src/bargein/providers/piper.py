@@ -408,6 +408,16 @@ class PiperTTS:
         self._word_phonemes: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def repeatable(cls, voice: str | Path | None = None) -> PiperTTS:
+        """A voice without sampling noise: the same text always gives the same samples.
+
+        Piper draws random noise for both the waveform and the word durations. A
+        benchmark's agent voice must not, or a reply's length, and with it every event
+        anchored near its end, would change from run to run.
+        """
+        return cls(voice, noise_scale=0.0, noise_w_scale=0.0)
+
     def phonemize_word(self, word: str) -> tuple[str, ...]:
         """The phonemes espeak gives ``word`` spoken alone (memoised)."""
         with self._lock:
