@@ -109,6 +109,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         "stop p95",
         "stop max",
         "paused p95",
+        "decide p95",
         "state err",
         "tok after cancel",
     )
@@ -124,6 +125,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 _fmt(s["stop_latency_ms"]["p95"]),
                 _fmt(s["stop_latency_ms"]["max"]),
                 _fmt(s["paused_ms"]["p95"]),
+                _fmt(s["decision_ms"]["p95"]),
                 str(s["state_word_errors"]),
                 str(s["llm_tokens_after_cancel"]),
             )
