@@ -396,7 +396,7 @@ class Session:
             self._settle_cancel(reply)
             raise
         except Exception as exc:  # one provider failing ends its reply, not the session
-            reply.error = _describe(exc)
+            reply.error = describe_error(exc)
             log.warning("reply %d failed: %s", reply.reply_id, reply.error)
             self._handle(ReplyFailed(self.now(), reply.reply_id, reply.error))
             self._settle_cancel(reply)
@@ -465,7 +465,8 @@ class Session:
         timeline_log.info(json.dumps(record.as_dict()))
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line for an error, looking inside task-group exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"

@@ -43,7 +43,7 @@ from bargein.providers.base import (
 )
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, ScenarioError, load_set
-from bargein.session import Session, SessionConfig
+from bargein.session import Session, SessionConfig, describe_error
 
 MIC_RATE = 16000
 MIC_CHUNK = 160
@@ -286,19 +286,13 @@ def run_set(
         except ScenarioError as exc:
             problems.append(str(exc))
         except Exception as exc:  # one broken scenario must not stop the set
-            problems.append(f"{scenario.path.name}: run failed: {_describe(exc)}")
+            problems.append(f"{scenario.path.name}: run failed: {describe_error(exc)}")
     return {
         "clock": clock,
         "summary": summarize(results),
         "scenarios": results,
         "errors": problems,
     }
-
-
-def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
 
 
 def print_report(results: dict[str, Any]) -> None:
