@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from bargein.clock import VirtualEventLoop, run
 from bargein.policy import PolicyConfig, RestartPolicy
+from bargein.providers.base import FloatAudio
 from bargein.providers.scripted import ScriptedLLM
 from bargein.session import AudioFormatError, Session, SessionConfig
 from tests.doubles import (
@@ -321,3 +323,23 @@ def test_virtual_time_does_not_count_processing() -> None:
     start, end = run(main(), "virtual")
     assert (start, end) == (0.0, 3600.0)
     assert isinstance(VirtualEventLoop(), asyncio.AbstractEventLoop)
+
+
+class BrokenRecognizer(ScriptedRecognizer):
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        raise RuntimeError("decoder lost")
+
+
+def test_a_recogniser_that_raises_costs_the_words_not_the_session() -> None:
+    session, speaker, llm, _ = make([WHAT_ABOUT_TUESDAY])
+    session.recognizer = BrokenRecognizer([WHAT_ABOUT_TUESDAY])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=4.0)
+
+    run(main(), "virtual")
+    assert session.errors == ["recogniser: RuntimeError: decoder lost"]
+    # Tier 2 still decided on duration, and the user's (wordless) turn got its reply.
+    assert session.timeline[0].reason == "duration"
+    assert len(llm.calls) == 2

@@ -20,10 +20,10 @@ import json
 import logging
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -277,22 +277,37 @@ class Session:
         if isinstance(change, SpeechStarted):
             self._speech_started(change)
         elif self.segmenter.active or isinstance(change, SpeechEnded):
-            words = self.recognizer.feed(frame)
+            words = self._recognize(self.recognizer.feed, frame)
             self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
-            final = tuple(self.recognizer.finish())
+            final = tuple(self._recognize(self.recognizer.finish))
             if not self.segmenter.confirmed:
                 final = ()  # loud but never a voice: whatever the recogniser made of it
             self._handle(change)
             self._handle(Words(at, final, final=True))
 
     def _speech_started(self, start: SpeechStarted) -> None:
-        self.recognizer.start()
+        self._recognize(self.recognizer.start)
         words: Sequence[str] = ()
         for past in self._preroll:
-            words = self.recognizer.feed(past)
+            words = self._recognize(self.recognizer.feed, past)
         self._handle(start)
         self._handle(Words(start.at, tuple(words)))
+
+    def _recognize(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one recogniser step; a failure costs the words, never the session.
+
+        Without words tier 2 still decides on duration and voice, so the session keeps
+        listening and says why in :attr:`errors`.
+        """
+        try:
+            return step(*args)
+        except Exception as exc:
+            message = f"recogniser: {describe_error(exc)}"
+            if not self.errors or self.errors[-1] != message:
+                self.errors.append(message)
+                log.warning("%s", message)
+            return ()
 
     # -- the policy loop ----------------------------------------------------------------
 
