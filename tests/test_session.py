@@ -240,6 +240,7 @@ def test_speech_just_after_the_reply_finished_is_a_new_turn() -> None:
         (np.zeros(512, dtype=np.int32), 16000, "int32"),
         (b"\x00\x01\x02", 16000, "16-bit"),
         ([0.0] * 512, 16000, "list"),
+        (np.full(512, np.nan, dtype=np.float32), 16000, "NaN"),
     ],
 )
 def test_wrong_format_frames_are_refused_with_the_expected_format(

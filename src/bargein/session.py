@@ -266,6 +266,8 @@ class Session:
             return audio.astype(np.float32) / 32768.0
         if audio.dtype != np.float32:
             raise AudioFormatError(f"got {audio.dtype} samples; expected {expected}")
+        if not np.isfinite(audio).all():
+            raise AudioFormatError(f"got NaN or infinite samples; expected {expected}")
         return audio
 
     def _process_frame(self, frame: FloatAudio) -> None:
