@@ -138,3 +138,26 @@ def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:
         options=RunOptions(restart_policy="restart"),
     )
     assert results["scenarios"][0]["interrupted"]
+
+
+@pytest.mark.parametrize(("gain_db", "heard"), [(0.0, True), (-40.0, False)])
+def test_echo_feeds_the_speaker_back_into_the_microphone(
+    tmp_path: Path, gain_db: float, heard: bool
+) -> None:
+    doc = {
+        "format": "bargein-scenario/1",
+        "name": "echo-only",
+        "kind": "echo",
+        "expect": "continue",
+        "agent_text": AGENT,
+        "events": [],
+        "echo": {"gain_db": gain_db, "delay_ms": 100},
+    }
+    (tmp_path / "echo.json").write_text(json.dumps(doc))
+    [result] = run_set(tmp_path, stack=stack(), progress=False)["scenarios"]
+    if not heard:
+        assert result["timeline"] == []
+        return
+    # The agent starts at 0.35 s (see above); its own voice reaches the mic 100 ms later.
+    onset = result["timeline"][0]["onset_at"]
+    assert 0.45 <= onset <= 0.45 + 0.02
