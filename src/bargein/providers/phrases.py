@@ -55,11 +55,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 from pocketsphinx import Decoder, get_model_path
 
 from bargein.decider import BACKCHANNEL_PHRASES, INTERRUPT_PHRASES
-from bargein.providers.base import FloatAudio, ProviderError
+from bargein.providers.base import ProviderError
+from bargein.providers.pocketsphinx import PocketSphinxStream
 
 __all__ = [
     "DEFAULT_CMNINIT",
@@ -145,7 +145,7 @@ def _combine(prons: Mapping[str, Sequence[str]], words: Sequence[str]) -> list[s
     return variants[:_MAX_VARIANTS]
 
 
-class PocketSphinxPhraseSpotter:
+class PocketSphinxPhraseSpotter(PocketSphinxStream):
     """Recognises only a closed set of short phrases on 16 kHz audio, or nothing.
 
     Implements :class:`~bargein.providers.base.StreamingRecognizer`: ``start`` opens an
@@ -259,31 +259,6 @@ class PocketSphinxPhraseSpotter:
             f"<phrase> = {body};\n"
             f"<garbage> = ({garbage}) [{garbage}] [{garbage}];\n"
         )
-
-    def start(self) -> None:
-        """Begin a new utterance, discarding one that is still open."""
-        if self._in_utterance:
-            self._decoder.end_utt()
-        self._decoder.start_utt()
-        self._in_utterance = True
-
-    def feed(self, audio: FloatAudio) -> Sequence[str]:
-        """Decode more float32 audio in [-1, 1]; return the current phrase's words or []."""
-        if not self._in_utterance:
-            raise RuntimeError("PocketSphinxPhraseSpotter.feed() called before start()")
-        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if samples.size:
-            pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-            self._decoder.process_raw(pcm.tobytes(), False, False)
-        return self._current_words()
-
-    def finish(self) -> Sequence[str]:
-        """Close the utterance and return its phrase's words, or [] when nothing matched."""
-        if not self._in_utterance:
-            raise RuntimeError("PocketSphinxPhraseSpotter.finish() called before start()")
-        self._decoder.end_utt()
-        self._in_utterance = False
-        return self._current_words()
 
     def score(self) -> float | None:
         """Confidence of the current hypothesis (see ``min_score``); None when there is none.

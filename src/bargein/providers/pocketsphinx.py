@@ -62,7 +62,47 @@ def normalize_hypothesis(hypstr: str | None) -> list[str]:
     return words
 
 
-class PocketSphinxRecognizer:
+class PocketSphinxStream:
+    """Utterance bookkeeping shared by every decoder-backed recogniser here.
+
+    A subclass creates ``self._decoder`` and says what the current hypothesis means in
+    :meth:`_current_words`.
+    """
+
+    sample_rate: int = 16000
+    _decoder: Decoder
+    _in_utterance: bool = False
+
+    def start(self) -> None:
+        """Begin a new utterance, discarding one that is still open."""
+        if self._in_utterance:
+            self._decoder.end_utt()
+        self._decoder.start_utt()
+        self._in_utterance = True
+
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        """Decode more float32 audio in [-1, 1]; return the current words."""
+        if not self._in_utterance:
+            raise RuntimeError(f"{type(self).__name__}.feed() called before start()")
+        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if samples.size:
+            pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+            self._decoder.process_raw(pcm.tobytes(), False, False)
+        return self._current_words()
+
+    def finish(self) -> Sequence[str]:
+        """Close the utterance and return its final words."""
+        if not self._in_utterance:
+            raise RuntimeError(f"{type(self).__name__}.finish() called before start()")
+        self._decoder.end_utt()
+        self._in_utterance = False
+        return self._current_words()
+
+    def _current_words(self) -> list[str]:
+        raise NotImplementedError
+
+
+class PocketSphinxRecognizer(PocketSphinxStream):
     """Incremental English speech-to-text on 16 kHz audio.
 
     ``start`` opens an utterance, ``feed`` returns the current partial words and
@@ -91,31 +131,6 @@ class PocketSphinxRecognizer:
         except Exception as exc:  # the binding raises RuntimeError/ValueError
             raise ProviderError(f"could not create PocketSphinx decoder: {exc}") from exc
         self._in_utterance = False
-
-    def start(self) -> None:
-        """Begin a new utterance, discarding one that is still open."""
-        if self._in_utterance:
-            self._decoder.end_utt()
-        self._decoder.start_utt()
-        self._in_utterance = True
-
-    def feed(self, audio: FloatAudio) -> Sequence[str]:
-        """Decode more float32 audio in [-1, 1]; return the current partial words."""
-        if not self._in_utterance:
-            raise RuntimeError("PocketSphinxRecognizer.feed() called before start()")
-        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if samples.size:
-            pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-            self._decoder.process_raw(pcm.tobytes(), False, False)
-        return self._current_words()
-
-    def finish(self) -> Sequence[str]:
-        """Close the utterance and return its final words."""
-        if not self._in_utterance:
-            raise RuntimeError("PocketSphinxRecognizer.finish() called before start()")
-        self._decoder.end_utt()
-        self._in_utterance = False
-        return self._current_words()
 
     def _current_words(self) -> list[str]:
         hyp = self._decoder.hyp()
