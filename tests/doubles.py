@@ -144,7 +144,7 @@ async def drive(
     mic = user_speech(spans)
     speaker.on_playout = session.playout
     stop = asyncio.Event()
-    task = asyncio.create_task(speaker.run(stop))
+    task = asyncio.create_task(speaker.run(stop, origin=0.0))  # virtual clocks start at 0
     if request:
         session.request_reply()
     t0 = asyncio.get_running_loop().time()

@@ -161,3 +161,23 @@ def test_echo_feeds_the_speaker_back_into_the_microphone(
     # The agent starts at 0.35 s (see above); its own voice reaches the mic 100 ms later.
     onset = result["timeline"][0]["onset_at"]
     assert 0.45 <= onset <= 0.45 + 0.02
+
+
+def test_the_same_run_works_on_the_real_clock(tmp_path: Path) -> None:
+    # Processing time counts here, so only what cannot depend on it is asserted.
+    loud_wav(tmp_path / "long.wav", 0.2, 0.8)
+    doc = {
+        "format": "bargein-scenario/1",
+        "name": "short-barge",
+        "kind": "barge_in",
+        "expect": "interrupt",
+        "agent_text": "One two three four five. Six seven eight nine ten.",
+        "events": [{"at_s": 0.3, "audio": "long.wav"}],
+        "echo": None,
+    }
+    (tmp_path / "short.json").write_text(json.dumps(doc))
+    results = run_set(tmp_path, clock="real", stack=stack(), progress=False)
+    [result] = results["scenarios"]
+    assert result["interrupted"] and not result["missed"]
+    assert result["state_word_errors"] == 0 and result["llm_tokens_after_cancel"] == 0
+    assert result["timeline"][0]["onset_at"] < 5.0  # relative to the reply request

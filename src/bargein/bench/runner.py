@@ -177,23 +177,27 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
     async with session:
         speaker.on_playout = session.playout
         stop = asyncio.Event()
-        speaker_task = asyncio.create_task(speaker.run(stop))
+        # Times in the results are seconds from the reply request (the clock's own on
+        # a virtual loop, which starts at 0).
+        origin = asyncio.get_running_loop().time()
+        speaker_task = asyncio.create_task(speaker.run(stop, origin))
         session.request_reply()
-        t0 = asyncio.get_running_loop().time()
         n = 0
         while True:
             n += 1
-            await sleep_until(t0 + n * MIC_CHUNK / MIC_RATE)
+            await sleep_until(origin + n * MIC_CHUNK / MIC_RATE)
             mic.place(speaker.first_sound_at.get(1))
             session.push_audio(mic.frame(MIC_CHUNK))
-            if _finished(session, mic, n * MIC_CHUNK / MIC_RATE, options):
+            if _finished(session, mic, n * MIC_CHUNK / MIC_RATE, options, origin):
                 break
         stop.set()
         await speaker_task
-    return _measure(scenario, session, speaker, mic)
+    return _measure(scenario, session, speaker, mic, origin)
 
 
-def _finished(session: Session, mic: _Microphone, t: float, options: RunOptions) -> bool:
+def _finished(
+    session: Session, mic: _Microphone, t: float, options: RunOptions, origin: float
+) -> bool:
     if t >= options.max_s:
         return True
     first = session.replies.get(1)
@@ -201,7 +205,7 @@ def _finished(session: Session, mic: _Microphone, t: float, options: RunOptions)
         return False
     if first.cancelled_at is not None:
         return len(session.replies) >= 2 or (
-            not session.policy.user_speaking and t - first.cancelled_at > 10.0
+            not session.policy.user_speaking and t - (first.cancelled_at - origin) > 10.0
         )
     if 1 not in session.recorded:
         return False
@@ -210,7 +214,11 @@ def _finished(session: Session, mic: _Microphone, t: float, options: RunOptions)
 
 
 def _measure(
-    scenario: Scenario, session: Session, speaker: SimulatedSpeaker, mic: _Microphone
+    scenario: Scenario,
+    session: Session,
+    speaker: SimulatedSpeaker,
+    mic: _Microphone,
+    origin: float,
 ) -> dict[str, Any]:
     rate = speaker.sample_rate
     end = speaker.rendered
@@ -238,7 +246,7 @@ def _measure(
     records = [r for r in session.timeline if r.reply_id == 1]
     decision_ms = None
     if records and records[0].decided_at is not None and onset is not None:
-        decision_ms = (records[0].decided_at - onset) * 1000
+        decision_ms = (records[0].decided_at - origin - onset) * 1000
     return {
         "name": scenario.name,
         "kind": scenario.kind,
@@ -256,8 +264,15 @@ def _measure(
         "decision": records[0].decision if records else None,
         "decision_reason": records[0].reason if records else None,
         "decision_ms": decision_ms,
-        "timeline": [r.as_dict() for r in session.timeline],
+        "timeline": [_relative(r.as_dict(), origin) for r in session.timeline],
         "errors": list(session.errors),
+    }
+
+
+def _relative(record: dict[str, object], origin: float) -> dict[str, object]:
+    return {
+        k: v - origin if k.endswith("_at") and isinstance(v, float) else v
+        for k, v in record.items()
     }
 
 

@@ -113,13 +113,15 @@ class SimulatedSpeaker:
             for rid in touched:
                 self.on_playout(rid, self.played[rid])
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, origin: float) -> None:
+        """Play until ``stop``; the recording's time 0 is clock time ``origin``."""
         loop = asyncio.get_running_loop()
         t = loop.time()
         while not stop.is_set():
             t += self.tick_s
             await sleep_until(t)
-            self.render_until(t)
+            # On a real clock a late wake-up plays what was due by now, not by schedule.
+            self.render_until(loop.time() - origin)
 
     def output_between(self, t0: float, t1: float, rate: int) -> FloatAudio:
         """What the speaker emitted in [t0, t1), resampled to ``rate`` (for echo)."""
