@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,6 @@ class _Microphone:
     speaker: SimulatedSpeaker
     echo: bool
     position: int = 0
-    log: list[FloatAudio] = field(default_factory=list)
 
     def place(self, speech_anchor: float | None) -> None:
         for ev in self.events:

@@ -74,9 +74,6 @@ class SimulatedSpeaker:
         """Samples of clock time played so far (sound or silence)."""
         return self._position
 
-    def queued_samples(self) -> int:
-        return sum(len(q.audio) - q.offset for q in self._queue)
-
     def render_until(self, t: float) -> None:
         """Play everything due up to clock time ``t``."""
         end = min(round(t * self.sample_rate), len(self.recording))

@@ -160,8 +160,6 @@ class PocketSphinxPhraseSpotter(PocketSphinxStream):
     accept more (and more wrong) matches.
     """
 
-    sample_rate: int = 16000
-
     def __init__(
         self,
         backchannels: Sequence[str] = BACKCHANNEL_PHRASES,

@@ -109,8 +109,6 @@ class PocketSphinxRecognizer(PocketSphinxStream):
     ``finish`` closes the utterance and returns the final words.
     """
 
-    sample_rate: int = 16000
-
     def __init__(
         self,
         *,
