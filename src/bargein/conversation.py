@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from bargein.policy import ReplyMode
-from bargein.providers.base import ChatMessage
+from bargein.providers.base import ChatMessage, ToolCall
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Answer in a few natural spoken sentences."
@@ -52,10 +52,30 @@ class Conversation:
         self.messages.append(ChatMessage("assistant", text, interrupted=interrupted))
 
     def last_assistant(self) -> ChatMessage | None:
+        """The last assistant message that says something (not a bare tool request)."""
         for message in reversed(self.messages):
-            if message.role == "assistant":
+            if message.role == "assistant" and not message.tool_calls:
                 return message
         return None
+
+    def add_tool_calls(self, calls: Sequence[ToolCall], pending: str) -> list[ChatMessage]:
+        """Record that the agent called tools, each with a placeholder result.
+
+        The placeholder keeps every call paired with a result right after it, which chat
+        APIs require, even while a call is still running after an interruption.
+        """
+        added = [ChatMessage("assistant", "", tool_calls=tuple(calls))]
+        added += [ChatMessage("tool", pending, tool_call_id=call.id) for call in calls]
+        self.messages.extend(added)
+        return added
+
+    def set_tool_result(self, call_id: str, result: str) -> ChatMessage:
+        """Replace a call's placeholder with its outcome, wherever the call now sits."""
+        for i, message in enumerate(self.messages):
+            if message.role == "tool" and message.tool_call_id == call_id:
+                self.messages[i] = replace(message, content=result)
+                return self.messages[i]
+        raise KeyError(f"no tool call {call_id!r} in the conversation")
 
 
 def build_llm_input(

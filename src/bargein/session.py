@@ -61,8 +61,10 @@ from bargein.providers.base import (
     LanguageModel,
     StreamingRecognizer,
     TextToSpeech,
+    ToolCall,
     VoiceActivityDetector,
 )
+from bargein.tools import CANCELLED_RESULT, PENDING_RESULT, Tool
 from bargein.vad import LoudnessGate, SpeechSegmenter
 
 log = logging.getLogger("bargein.session")
@@ -117,7 +119,8 @@ class Reply:
     cancelled_at: float | None = None
     error: str | None = None
     task: asyncio.Task[None] | None = None
-    stream: AsyncIterator[str] | None = None
+    streams: list[AsyncIterator[str | ToolCall]] = field(default_factory=list)
+    """One LLM stream per round; a reply that calls tools has several."""
     settled: bool = False
     """The reply's tasks have unwound after a cancel and its tokens are counted."""
 
@@ -131,6 +134,11 @@ class SessionConfig:
     loudness_onset: bool = True
     """Let a sudden loud sound pause the agent before the VAD has confirmed a voice."""
     system_prompt: str | None = None
+    tools: Sequence[Tool] = ()
+    max_tool_rounds: int = 3
+    """LLM calls that may follow tool results within one reply."""
+    fallback_line: str | None = None
+    """Said when the LLM fails (unreachable, an HTTP error, a broken stream); None: silence."""
 
 
 class Session:
@@ -172,6 +180,7 @@ class Session:
         self.recorded: dict[int, str] = {}
         """What the conversation recorded for each reply (cut to what was heard)."""
         self.errors: list[str] = []
+        self._tools = {t.name: t for t in self.config.tools}
         self._interrupted: dict[int, InterruptedReply] = {}
         self._pending = np.zeros(0, dtype=np.float32)
         frames = max(1, round(self.config.preroll_s * self.sample_rate / vad.frame_samples))
@@ -422,8 +431,11 @@ class Session:
         """Count what the LLM produced after the cancel, once the reply has unwound."""
         if reply.cancelled_at is None:
             return
-        if isinstance(reply.stream, TokenLedger):
-            reply.tokens_after_cancel = reply.stream.tokens_after(reply.cancelled_at)
+        reply.tokens_after_cancel = sum(
+            stream.tokens_after(reply.cancelled_at)
+            for stream in reply.streams
+            if isinstance(stream, TokenLedger)
+        )
         reply.settled = True
         self._complete_record(reply)
 
@@ -439,16 +451,44 @@ class Session:
     async def _generate(
         self, reply: Reply, messages: Sequence[ChatMessage], sentences: asyncio.Queue[str | None]
     ) -> None:
+        history = list(messages)
+        for _ in range(self.config.max_tool_rounds + 1):
+            calls: list[ToolCall] = []
+            try:
+                await self._stream_round(reply, history, sentences, calls)
+            except Exception as exc:
+                if self.config.fallback_line is None:
+                    raise
+                self._note_error(reply.reply_id, f"llm: {describe_error(exc)}")
+                reply.text = f"{reply.text} {self.config.fallback_line}".strip()
+                sentences.put_nowait(self.config.fallback_line)
+                break
+            if not calls:
+                break
+            history += await self._run_tools(reply, calls)
+        sentences.put_nowait(None)
+
+    async def _stream_round(
+        self,
+        reply: Reply,
+        messages: Sequence[ChatMessage],
+        sentences: asyncio.Queue[str | None],
+        calls: list[ToolCall],
+    ) -> None:
+        """One LLM call: text goes out sentence by sentence, tool calls into ``calls``."""
         pending = ""
-        stream = self.llm.stream(messages)
-        reply.stream = stream
+        stream = self.llm.stream(messages, [t.spec for t in self.config.tools])
+        reply.streams.append(stream)
         try:
-            async for token in stream:
+            async for item in stream:
+                if isinstance(item, ToolCall):
+                    calls.append(item)
+                    continue
                 if reply.tokens == 0:
                     self._handle(FirstToken(self.now(), reply.reply_id))
                 reply.tokens += 1
-                reply.text += token
-                pending += token
+                reply.text += item
+                pending += item
                 while (match := _SENTENCE_END.search(pending)) is not None:
                     sentence, pending = pending[: match.end()].strip(), pending[match.end() :]
                     sentences.put_nowait(sentence)
@@ -458,9 +498,55 @@ class Session:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        if pending.strip():
-            sentences.put_nowait(pending.strip())
-        sentences.put_nowait(None)
+            # Whatever was generated before a failure is still said.
+            if pending.strip():
+                sentences.put_nowait(pending.strip())
+
+    async def _run_tools(self, reply: Reply, calls: Sequence[ToolCall]) -> list[ChatMessage]:
+        """Run the calls in order; their outcomes go into the conversation and the result."""
+        self.conversation.add_tool_calls(calls, PENDING_RESULT)
+        out = [ChatMessage("assistant", "", tool_calls=tuple(calls))]
+        for call in calls:
+            self._log_event("tool_call", reply.reply_id, name=call.name, id=call.id)
+            found = self._tools.get(call.name)
+            if found is None:
+                result = f"error: there is no tool named {call.name!r}"
+                self.conversation.set_tool_result(call.id, result)
+            elif found.cancel_safe:
+                try:
+                    result = await self._call_tool(reply.reply_id, found, call)
+                except asyncio.CancelledError:
+                    self.conversation.set_tool_result(call.id, CANCELLED_RESULT)
+                    self._log_event("tool_cancelled", reply.reply_id, name=call.name, id=call.id)
+                    raise
+            else:
+                # Owned by the session, not the reply: a cancel of the reply stops waiting
+                # for it, never the call itself.
+                assert self._group is not None
+                task = self._group.create_task(self._call_tool(reply.reply_id, found, call))
+                result = await asyncio.shield(task)
+            out.append(ChatMessage("tool", result, tool_call_id=call.id))
+        return out
+
+    async def _call_tool(self, reply_id: int, found: Tool, call: ToolCall) -> str:
+        try:
+            result = await found.call(call.arguments)
+        except Exception as exc:  # the model hears about the failure; the session goes on
+            result = f"error: {describe_error(exc)}"
+            self._note_error(reply_id, f"tool {call.name}: {describe_error(exc)}")
+        self.conversation.set_tool_result(call.id, result)
+        self._log_event("tool_result", reply_id, name=call.name, id=call.id, result=result)
+        return result
+
+    def _note_error(self, reply_id: int, message: str) -> None:
+        self.errors.append(f"reply {reply_id}: {message}")
+        log.warning("reply %d: %s", reply_id, message)
+        self._log_event("error", reply_id, error=message)
+
+    def _log_event(self, event: str, reply_id: int, **fields: object) -> None:
+        timeline_log.info(
+            json.dumps({"event": event, "at": self.now(), "reply_id": reply_id, **fields})
+        )
 
     async def _voice(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
         while (sentence := await sentences.get()) is not None:

@@ -10,9 +10,9 @@ mono, at the sample rate the provider declares.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -92,15 +92,76 @@ class TextToSpeech(Protocol):
         ...
 
 
+class LLMError(ProviderError):
+    """A language model could not be reached or answered badly.
+
+    The message says what went wrong in terms a user can act on (the URL that refused the
+    connection, the HTTP status and the server's own words, the model path that does not
+    exist), because it ends up in the session's timeline and in the terminal.
+    """
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call, described as OpenAI-style JSON schema."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model asked to call ``name``; ``arguments`` is the JSON text it wrote."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
 @dataclass(frozen=True)
 class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
+    """One message of the conversation.
+
+    ``role`` is ``system``, ``user``, ``assistant`` or ``tool``. An assistant message
+    that called tools carries them in ``tool_calls``; each tool's result comes back as a
+    ``tool`` message naming the call in ``tool_call_id``.
+    """
+
+    role: str
     content: str
     interrupted: bool = False
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    """A streaming chat model. Cancelling the iteration must stop generation."""
+    """A streaming chat model.
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]: ...
+    ``stream`` yields text pieces as they are generated and, when the model calls a
+    tool, a :class:`ToolCall` once its arguments are complete. Closing the iterator
+    (``aclose``) must stop generation before it returns: the session calls it the moment
+    the user barges in. Failures raise :class:`LLMError`.
+    """
+
+    def stream(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]: ...
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    """Final, accurate text of one whole utterance (the user's turn), after it ends.
+
+    Slower and better than the streaming recogniser: its text is what the conversation
+    records and the LLM answers, while the streaming partials only feed tier 2.
+    """
+
+    sample_rate: int
+
+    def transcribe(self, audio: FloatAudio) -> str:
+        """Text of ``audio`` (mono float32 at ``sample_rate``), or "" for no speech."""
+        ...
