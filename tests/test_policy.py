@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bargein.decider import Overlap, RuleDecider, normalize_words, only_backchannel
@@ -17,6 +19,7 @@ from bargein.policy import (
     Playout,
     PolicyConfig,
     PolicyError,
+    ReleaseOutput,
     ReplyFailed,
     ReplyFinished,
     RequestReply,
@@ -33,6 +36,7 @@ from bargein.policy import (
 
 
 def speaking_policy(**config: object) -> FloorPolicy:
+    config.setdefault("preemptive", False)
     policy = FloorPolicy(PolicyConfig(**config))  # type: ignore[arg-type]
     assert policy.handle(RequestReply(0.0)) == [StartReply(1, "turn", (), None)]
     policy.handle(FirstToken(0.15, 1))
@@ -150,7 +154,7 @@ def test_restart_policy_selects_the_next_reply_mode(policy_name: str, mode: str)
 
 
 def test_thinking_time_speech_merges_into_the_turn() -> None:
-    policy = FloorPolicy()
+    policy = FloorPolicy(PolicyConfig(preemptive=False))
     policy.handle(RequestReply(0.0))
     assert policy.state is Floor.THINKING
     assert policy.handle(SpeechStarted(0.1)) == [PauseOutput(1)]
@@ -163,7 +167,7 @@ def test_thinking_time_speech_merges_into_the_turn() -> None:
 
 
 def test_thinking_time_noise_releases_the_hold() -> None:
-    policy = FloorPolicy()
+    policy = FloorPolicy(PolicyConfig(preemptive=False))
     policy.handle(RequestReply(0.0))
     policy.handle(SpeechStarted(0.1))
     policy.handle(SpeechEnded(0.3))
@@ -210,7 +214,7 @@ def test_late_reports_about_a_cancelled_reply_are_ignored() -> None:
 
 
 def test_unexpected_events_raise() -> None:
-    policy = FloorPolicy()
+    policy = FloorPolicy(PolicyConfig(preemptive=False))
     with pytest.raises(PolicyError, match="without having started"):
         policy.handle(SpeechEnded(1.0))
     with pytest.raises(PolicyError, match="never started"):
@@ -229,10 +233,12 @@ def test_a_failed_reply_is_truncated_and_the_floor_returns() -> None:
     assert policy.state is Floor.LISTENING
 
 
-def test_every_transition_is_drawn() -> None:
+def test_every_transition_is_drawn_and_the_design_notes_show_it() -> None:
     diagram = mermaid_diagram()
     for (src, trigger), dst in TRANSITIONS.items():
         assert f"{src.value} --> {dst.value}: {trigger}" in diagram
+    notes = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    assert f"```mermaid\n{diagram}\n```" in notes
 
 
 def test_words_normalise_and_backchannels_cover() -> None:
@@ -279,3 +285,61 @@ def test_a_loud_sound_the_vad_never_confirms_resumes_at_once() -> None:
     assert policy.handle(Words(1.25, ("the", "bud"), final=True)) == []
     policy.handle(Playout(3.0, 1, 900, complete=True))
     assert run_until_quiet(policy, 10.0) == []
+
+
+# -- preemptive generation ---------------------------------------------------------------
+
+
+def test_a_pause_with_final_words_starts_a_held_reply_released_at_turn_end() -> None:
+    policy = FloorPolicy()
+    policy.handle(SpeechStarted(1.0))
+    assert policy.handle(SpeechEnded(2.0)) == []  # no final words yet: nothing to answer
+    start = policy.handle(Words(2.1, ("what", "time", "is", "it"), final=True))
+    assert start == [StartReply(1, "turn", ("what", "time", "is", "it"), None, preemptive=True)]
+    assert policy.state is Floor.PREPARING
+    assert policy.next_deadline() == 2.5  # the turn end proper: 0.5 s after the speech
+    assert policy.handle(Tick(2.49)) == []
+    assert policy.handle(Tick(2.5)) == [ReleaseOutput(1)]
+    assert policy.state is Floor.THINKING
+    assert policy.preemptions == {1: "released"}
+
+
+def test_going_on_after_the_pause_discards_the_held_reply_and_keeps_the_words() -> None:
+    policy = FloorPolicy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(SpeechEnded(2.0))
+    policy.handle(Words(2.0, ("book", "a", "table"), final=True))
+    assert policy.handle(SpeechStarted(2.3)) == [CancelReply(1)]
+    assert policy.state is Floor.LISTENING and policy.interruptions == []
+    policy.handle(SpeechEnded(3.0))
+    [again] = policy.handle(Words(3.0, ("for", "two"), final=True))
+    assert again == StartReply(2, "turn", ("book", "a", "table", "for", "two"), None, True)
+    assert run_until_quiet(policy, 5.0) == [ReleaseOutput(2)]
+    assert policy.preemptions == {1: "discarded", 2: "released"}
+    # Late reports about the discarded reply are harmless.
+    assert policy.handle(ReplyFailed(3.6, 1, "cancelled")) == []
+
+
+def test_after_a_barge_in_the_held_reply_keeps_the_restart_policy() -> None:
+    policy = speaking_policy(preemptive=True)
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.8)
+    policy.handle(Tick(1.8))
+    assert policy.state is Floor.YIELDED
+    policy.handle(SpeechEnded(2.0))
+    [held] = policy.handle(Words(2.0, ("wait",), final=True))
+    assert held == StartReply(2, "respond", ("wait",), 1, preemptive=True)
+    # The user goes on: back to the floor they took, the interrupted reply still known.
+    assert policy.handle(SpeechStarted(2.2)) == [CancelReply(2)]
+    assert policy.state is Floor.YIELDED
+    policy.handle(SpeechEnded(2.6))
+    [again] = policy.handle(Words(2.6, ("what", "time"), final=True))
+    assert again == StartReply(3, "respond", ("wait", "what", "time"), 1, preemptive=True)
+
+
+def test_no_words_means_no_preemptive_start() -> None:
+    policy = FloorPolicy()
+    policy.handle(SpeechStarted(1.0))
+    policy.handle(SpeechEnded(1.3))
+    assert policy.handle(Words(1.3, (), final=True)) == []
+    assert policy.state is Floor.LISTENING and policy.preemptions == {}

@@ -82,9 +82,11 @@ def test_a_committed_interruption_runs_the_six_steps_in_order() -> None:
     assert record.flushed_at == record.cancelled_at == record.decided_at
     assert log[:2] == ["pause", "flush"]
     assert llm.streams[0].closed
-    # 6: the floor went to the user; the next LLM call came after their turn ended.
+    # 6: the floor went to the user; the answer was prepared as soon as they paused
+    # (speech end 2.2 s plus the segmenter's 0.25 s) but heard only after their turn ended.
     assert len(llm.calls) == 2
-    assert llm.streams[1].emitted_at[0] > 2.2 + 0.25 + 0.5
+    assert llm.streams[1].emitted_at[0] < 2.2 + 0.25 + 0.5
+    assert speaker.first_sound_at[2] >= 2.2 + 0.25 + 0.5
     messages = session.conversation.messages
     assert [m.role for m in messages] == ["assistant", "user", "assistant"]
     assert messages[0].interrupted and messages[1].content == "what about tuesday"
@@ -344,3 +346,28 @@ def test_a_recogniser_that_raises_costs_the_words_not_the_session() -> None:
     # Tier 2 still decided on duration, and the user's (wordless) turn got its reply.
     assert session.timeline[0].reason == "duration"
     assert len(llm.calls) == 2
+
+
+def test_a_preemptive_reply_is_discarded_when_the_user_goes_on() -> None:
+    first: Utterance = ([(0.6, ("book",))], ("book", "a", "table"))
+    second: Utterance = ([(1.7, ("for",))], ("for", "two"))
+    session, speaker, llm, _ = make([first, second], llm=ScriptedLLM([ANSWER]))
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(0.5, 1.2), (1.6, 2.2)], until=4.0, request=False)
+
+    run(main(), "virtual")
+    assert session.policy.preemptions == {1: "discarded", 2: "released"}
+    early, final = llm.streams
+    assert early.closed and session.replies[1].cancelled_at is not None
+    assert session.replies[1].tokens_after_cancel == 0
+    assert 1 not in speaker.first_sound_at  # the discarded answer was never heard
+    assert [m.content for m in llm.calls[1] if m.role == "user"] == ["book a table for two"]
+    assert [(m.role, m.content) for m in session.conversation.messages] == [
+        ("user", "book a table for two"),
+        ("assistant", ANSWER),
+    ]
+    # Prepared during the pause, heard right at the turn end.
+    assert final.emitted_at[0] < 2.2 + 0.25 + 0.5 <= speaker.first_sound_at[2]
+    assert speaker.first_sound_at[2] == pytest.approx(2.2 + 0.25 + 0.5, abs=0.04)

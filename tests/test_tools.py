@@ -157,3 +157,36 @@ def test_a_failed_llm_says_the_fallback_line_and_keeps_the_conversation() -> Non
         f"One two three {fallback}",
     ]
     assert session.policy.state.value == "listening"
+
+
+def test_a_preemptive_reply_runs_no_tool_before_the_turn_is_over() -> None:
+    calls_at: list[float] = []
+
+    def book(slot: str) -> str:
+        calls_at.append(asyncio.get_running_loop().time())
+        return "booked"
+
+    call = ToolCall("c1", "book", '{"slot": "9am"}')
+    llm = ScriptedLLM(lambda m: "Done." if m[-1].role == "tool" else [call], first_token_s=0.05)
+    first: Utterance = ([(0.6, ("book",))], ("book", "nine", "am"))
+    second: Utterance = ([(1.7, ("please",))], ("please",))
+    speaker = LoggingSpeaker([])
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=ScriptedRecognizer([first, second]),
+        llm=llm,
+        tts=WordTTS(),
+        sink=speaker,
+        config=SessionConfig(tools=[tool(book, cancel_safe=False)]),
+    )
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(0.5, 1.2), (1.6, 2.2)], until=4.0, request=False)
+
+    run(main(), "virtual")
+    assert session.policy.preemptions == {1: "discarded", 2: "released"}
+    # Reply 1 asked for the booking while held, and was dropped: it never ran. Reply 2's
+    # call ran once, at its release (speech end 2.2 s + 0.25 s + the 0.5 s turn end).
+    assert len(calls_at) == 1
+    assert calls_at[0] == pytest.approx(2.2 + 0.25 + 0.5, abs=0.04)

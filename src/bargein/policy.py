@@ -47,6 +47,7 @@ class PolicyError(RuntimeError):
 
 class Floor(enum.Enum):
     LISTENING = "listening"  # no reply in flight; the user may be talking
+    PREPARING = "preparing"  # user paused; a reply is generated early, its output held
     THINKING = "thinking"  # reply requested, nothing played yet
     SPEAKING = "speaking"  # the agent's audio is playing
     TENTATIVE = "tentative"  # user speech over the agent; output paused/ducked; tier 2 deciding
@@ -151,6 +152,15 @@ class StartReply:
     user_words: tuple[str, ...]
     after_reply: int | None = None
     """The interrupted reply this one follows, if any."""
+    preemptive: bool = False
+    """Started before the turn end was certain: hold its output until ReleaseOutput."""
+
+
+@dataclass(frozen=True)
+class ReleaseOutput:
+    """The user's turn really ended: let a preemptive reply be heard (and recorded)."""
+
+    reply_id: int
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,7 @@ class ReplyFinished:
 
 Action = (
     StartReply
+    | ReleaseOutput
     | PauseOutput
     | DuckOutput
     | ResumeOutput
@@ -241,6 +252,11 @@ class InterruptionRecord:
 TRANSITIONS: dict[tuple[Floor, str], Floor] = {
     (Floor.LISTENING, "reply requested"): Floor.THINKING,
     (Floor.LISTENING, "user turn ended"): Floor.THINKING,
+    (Floor.LISTENING, "user paused"): Floor.PREPARING,
+    (Floor.PREPARING, "user turn ended"): Floor.THINKING,
+    (Floor.PREPARING, "user went on"): Floor.LISTENING,
+    (Floor.PREPARING, "user went on after barging in"): Floor.YIELDED,
+    (Floor.PREPARING, "reply failed"): Floor.LISTENING,
     (Floor.THINKING, "first audio played"): Floor.SPEAKING,
     (Floor.THINKING, "user speech"): Floor.TENTATIVE,
     (Floor.THINKING, "reply failed"): Floor.LISTENING,
@@ -253,6 +269,7 @@ TRANSITIONS: dict[tuple[Floor, str], Floor] = {
     (Floor.TENTATIVE, "reply complete"): Floor.LISTENING,
     (Floor.TENTATIVE, "reply failed"): Floor.LISTENING,
     (Floor.YIELDED, "user turn ended"): Floor.THINKING,
+    (Floor.YIELDED, "user paused"): Floor.PREPARING,
 }
 
 
@@ -274,6 +291,9 @@ class PolicyConfig:
     """How long a turn end waits for the recogniser's final words."""
     voiced_threshold: float = 0.5
     """A frame at or above this speech probability counts as voiced for tier 2."""
+    preemptive: bool = True
+    """Start the reply as soon as the user pauses with final words, before the turn end
+    is certain; if they go on, the early reply is cancelled and started again."""
 
 
 @dataclass
@@ -283,6 +303,15 @@ class _UserTurn:
     ended_at: float | None = None
     awaiting_final: bool = False
     utterance_words: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Preemption:
+    """What to restore if the user goes on after a preemptive start."""
+
+    came_from: Floor
+    pending_mode: ReplyMode
+    interrupted_reply: int | None
 
 
 class FloorPolicy:
@@ -301,6 +330,9 @@ class FloorPolicy:
         self._turn = _UserTurn()
         self._pending_mode: ReplyMode = "turn"
         self._interrupted_reply: int | None = None
+        self._preemption: _Preemption | None = None
+        self.preemptions: dict[int, Literal["held", "released", "discarded"]] = {}
+        """Every preemptive reply and what became of it (the wasted-call count)."""
         self._now = float("-inf")
 
     # -- public -------------------------------------------------------------------------
@@ -337,6 +369,8 @@ class FloorPolicy:
         """When the caller should send a :class:`Tick` even if nothing else happens."""
         if self.state is Floor.TENTATIVE and self._overlap is not None:
             return self.decider.deadline(self._overlap, self._now)
+        if self.state is Floor.PREPARING and self._turn.ended_at is not None:
+            return self._turn.ended_at + self.config.turn_end_silence_s
         if self.state in (Floor.LISTENING, Floor.YIELDED) and self._turn.ended_at is not None:
             if self._turn.awaiting_final:
                 return self._turn.ended_at + self.config.final_wait_s
@@ -363,7 +397,11 @@ class FloorPolicy:
             return False
         raise PolicyError(f"event for reply {reply_id}, which was never started")
 
-    def _start_reply(self, trigger: str, mode: ReplyMode, words: tuple[str, ...]) -> list[Action]:
+    def _start_reply(
+        self, trigger: str, mode: ReplyMode, words: tuple[str, ...], preemptive: bool = False
+    ) -> list[Action]:
+        if preemptive:
+            self._preemption = _Preemption(self.state, self._pending_mode, self._interrupted_reply)
         self._go(trigger)
         reply_id = self._next_reply_id
         self._next_reply_id += 1
@@ -371,8 +409,11 @@ class FloorPolicy:
         self._played = 0
         after = self._interrupted_reply if mode != "turn" else None
         self._interrupted_reply = None
-        self._turn = _UserTurn()
-        return [StartReply(reply_id, mode, words, after)]
+        if preemptive:
+            self.preemptions[reply_id] = "held"  # the turn stays open until released
+        else:
+            self._turn = _UserTurn()
+        return [StartReply(reply_id, mode, words, after, preemptive)]
 
     # -- step 1 and 2: detect, then pause/duck on the same frame ------------------------
 
@@ -386,6 +427,8 @@ class FloorPolicy:
             self._overlap.speech_active = True
             self._overlap.speech_ended_at = None
             return self._decide(event.at)
+        if self.state is Floor.PREPARING:
+            return self._user_went_on()
         if self.state not in (Floor.THINKING, Floor.SPEAKING):
             return []
         assert self.reply_id is not None
@@ -438,6 +481,8 @@ class FloorPolicy:
             return self._decide(event.at)
         if self.state in (Floor.LISTENING, Floor.YIELDED):
             return self._maybe_turn_end(event.at)
+        if self.state is Floor.PREPARING:
+            return []  # the turn's words are already in the held reply
         # THINKING or SPEAKING: the words belong to an overlap tier 2 already resumed
         # from; they are not the user's turn.
         self._turn.words.clear()
@@ -447,7 +492,7 @@ class FloorPolicy:
     def _on_tick(self, now: float) -> list[Action]:
         if self.state is Floor.TENTATIVE:
             return self._decide(now)
-        if self.state in (Floor.LISTENING, Floor.YIELDED):
+        if self.state in (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING):
             return self._maybe_turn_end(now)
         return []
 
@@ -551,6 +596,10 @@ class FloorPolicy:
     def _on_failed(self, event: ReplyFailed) -> list[Action]:
         if not self._check_reply(event.reply_id):
             return []
+        if self.state is Floor.PREPARING:
+            self._turn = _UserTurn()
+            self._preemption = None
+            self.preemptions[event.reply_id] = "released"  # it stood for the whole turn
         self._go("reply failed")
         self.reply_id = None
         self._overlap = None
@@ -569,11 +618,18 @@ class FloorPolicy:
         turn = self._turn
         if turn.speaking or turn.ended_at is None:
             return []
+        if self.state is Floor.PREPARING:
+            if now < turn.ended_at + self.config.turn_end_silence_s:
+                return []
+            return self._release()
         if turn.awaiting_final and now < turn.ended_at + self.config.final_wait_s:
             return []
-        if now < turn.ended_at + self.config.turn_end_silence_s:
-            return []
         words = (*turn.words, *turn.utterance_words)
+        if now < turn.ended_at + self.config.turn_end_silence_s:
+            if self.config.preemptive and words and not turn.awaiting_final:
+                mode = self._pending_mode if self.state is Floor.YIELDED else "turn"
+                return self._start_reply("user paused", mode, words, preemptive=True)
+            return []
         if self.state is Floor.YIELDED:
             return self._start_reply("user turn ended", self._pending_mode, words)
         if not words:
@@ -581,6 +637,32 @@ class FloorPolicy:
             self._turn = _UserTurn()
             return []
         return self._start_reply("user turn ended", "turn", words)
+
+    # -- preemptive generation ----------------------------------------------------------
+
+    def _release(self) -> list[Action]:
+        """The pause lasted: the held reply is the answer to the whole turn."""
+        assert self.reply_id is not None
+        self._go("user turn ended")
+        self._turn = _UserTurn()
+        self._preemption = None
+        self.preemptions[self.reply_id] = "released"
+        return [ReleaseOutput(self.reply_id)]
+
+    def _user_went_on(self) -> list[Action]:
+        """The pause was not the end: drop the held reply; the turn keeps its words."""
+        assert self.reply_id is not None and self._preemption is not None
+        reply_id, before = self.reply_id, self._preemption
+        if before.came_from is Floor.LISTENING:
+            self._go("user went on")
+        else:
+            self._go("user went on after barging in")
+        self.reply_id = None
+        self._preemption = None
+        self._pending_mode = before.pending_mode
+        self._interrupted_reply = before.interrupted_reply
+        self.preemptions[reply_id] = "discarded"
+        return [CancelReply(reply_id)]
 
 
 if __name__ == "__main__":

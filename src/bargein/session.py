@@ -43,8 +43,10 @@ from bargein.policy import (
     PauseOutput,
     Playout,
     PolicyConfig,
+    ReleaseOutput,
     ReplyFailed,
     ReplyFinished,
+    ReplyMode,
     RequestReply,
     ResumeOutput,
     SpeechEnded,
@@ -123,6 +125,12 @@ class Reply:
     """One LLM stream per round; a reply that calls tools has several."""
     settled: bool = False
     """The reply's tasks have unwound after a cancel and its tokens are counted."""
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the reply may be heard; a preemptive reply waits for the turn end."""
+    held: list[FloatAudio] = field(default_factory=list)
+    """Audio of a preemptive reply made before its release."""
+    user_turn: tuple[ReplyMode, str] | None = None
+    """The user's words this reply answers, not yet in the conversation."""
 
 
 @dataclass
@@ -348,6 +356,8 @@ class Session:
         match action:
             case StartReply():
                 self._start_reply(action)
+            case ReleaseOutput():
+                self._release(self.replies[action.reply_id])
             case PauseOutput():
                 self.sink.pause()
             case DuckOutput():
@@ -371,17 +381,21 @@ class Session:
     # -- replies ------------------------------------------------------------------------
 
     def _start_reply(self, action: StartReply) -> None:
-        text = " ".join(action.user_words)
-        if action.mode == "merge":
-            self.conversation.extend_last_user(text)
-        elif text:
-            self.conversation.add_user(text)
+        reply = Reply(action.reply_id, PlayoutTracker(self.tts.sample_rate))
+        reply.user_turn = (action.mode, " ".join(action.user_words))
+        self.replies[reply.reply_id] = reply
+        if action.preemptive:
+            # The turn may not be over: answer a copy, and keep the conversation as it was
+            # until the policy releases this reply.
+            view = Conversation(self.conversation.system_prompt, list(self.conversation.messages))
+            _add_user_turn(view, *reply.user_turn)
+        else:
+            self._release(reply)
+            view = self.conversation
         interrupted = (
             self._interrupted.get(action.after_reply) if action.after_reply is not None else None
         )
-        messages = build_llm_input(self.conversation, action.mode, interrupted)
-        reply = Reply(action.reply_id, PlayoutTracker(self.tts.sample_rate))
-        self.replies[reply.reply_id] = reply
+        messages = build_llm_input(view, action.mode, interrupted)
         assert self._group is not None, "use the session inside 'async with'"
         reply.task = self._group.create_task(self._run_reply(reply, messages))
 
@@ -394,8 +408,23 @@ class Session:
         else:
             self._settle_cancel(reply)
 
+    def _release(self, reply: Reply) -> None:
+        """The reply answers the user's turn for good: record the turn, play the audio."""
+        if reply.user_turn is not None:
+            _add_user_turn(self.conversation, *reply.user_turn)
+            reply.user_turn = None
+        reply.released.set()
+        for audio in reply.held:
+            self.sink.write(reply.reply_id, audio)
+        reply.held.clear()
+        if reply.generated and reply.played >= reply.tracker.total_samples:
+            self.playout(reply.reply_id, reply.played)
+
     def _truncate(self, reply_id: int, played: int) -> None:
         reply = self.replies[reply_id]
+        if reply.user_turn is not None:  # a held reply failed: the user's words still count
+            _add_user_turn(self.conversation, *reply.user_turn)
+            reply.user_turn = None
         heard = reply.tracker.heard_text(played)
         self.recorded[reply_id] = heard
         if heard:
@@ -504,6 +533,7 @@ class Session:
 
     async def _run_tools(self, reply: Reply, calls: Sequence[ToolCall]) -> list[ChatMessage]:
         """Run the calls in order; their outcomes go into the conversation and the result."""
+        await reply.released.wait()  # nothing with side effects before the turn is over
         self.conversation.add_tool_calls(calls, PENDING_RESULT)
         out = [ChatMessage("assistant", "", tool_calls=tuple(calls))]
         for call in calls:
@@ -553,9 +583,12 @@ class Session:
             chunks = await run_blocking(lambda s=sentence: list(self.tts.synthesize(s)))
             for chunk in chunks:
                 reply.tracker.add(chunk)
-                self.sink.write(reply.reply_id, chunk.audio)
+                if reply.released.is_set():
+                    self.sink.write(reply.reply_id, chunk.audio)
+                else:
+                    reply.held.append(chunk.audio)
         reply.generated = True
-        if reply.played >= reply.tracker.total_samples:
+        if reply.released.is_set() and reply.played >= reply.tracker.total_samples:
             self.playout(reply.reply_id, reply.played)
 
     def _record_for(self, reply_id: int) -> InterruptionRecord | None:
@@ -566,6 +599,13 @@ class Session:
 
     def _log_record(self, record: InterruptionRecord) -> None:
         timeline_log.info(json.dumps(record.as_dict()))
+
+
+def _add_user_turn(conversation: Conversation, mode: ReplyMode, text: str) -> None:
+    if mode == "merge":
+        conversation.extend_last_user(text)
+    elif text:
+        conversation.add_user(text)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -82,6 +82,9 @@ def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "decision_ms": _stats(r.get("decision_ms") for r in rows),
             "state_word_errors": sum(int(r["state_word_errors"]) for r in rows),
             "llm_tokens_after_cancel": sum(int(r["llm_tokens_after_cancel"]) for r in rows),
+            "response_ms": _stats(r.get("response_ms") for r in rows),
+            "preemptive_calls": sum(int(r.get("preemptive_calls") or 0) for r in rows),
+            "preemptive_discarded": sum(int(r.get("preemptive_discarded") or 0) for r in rows),
         }
     return summary
 
@@ -112,6 +115,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         "decide p95",
         "state err",
         "tok after cancel",
+        "answer p50",
+        "wasted calls",
     )
     rows = [header]
     for kind, s in summary.items():
@@ -128,6 +133,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 _fmt(s["decision_ms"]["p95"]),
                 str(s["state_word_errors"]),
                 str(s["llm_tokens_after_cancel"]),
+                _fmt(s["response_ms"]["p50"]),
+                f"{s['preemptive_discarded']}/{s['preemptive_calls']}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bargein.audio import last_audible
 from bargein.bench.metrics import (
     MISSED_AFTER_S,
     WINDOW_MS,
@@ -75,6 +76,7 @@ def default_stack() -> Stack:
 @dataclass
 class RunOptions:
     restart_policy: RestartPolicy = "respond"
+    preemptive: bool = True
     first_token_s: float = 0.15
     tokens_per_s: float = 30.0
     settle_s: float = 1.0
@@ -135,6 +137,17 @@ class _Microphone:
         assert first.start is not None
         return first.start / MIC_RATE + first.onset_s
 
+    def speech_end(self) -> float | None:
+        """Ground truth: where the last audible sound of the user's events ends."""
+        ends = []
+        for ev in self.events:
+            if ev.start is None:
+                return None
+            end = last_audible(ev.audio, MIC_RATE)
+            if end is not None:
+                ends.append(ev.start / MIC_RATE + end)
+        return max(ends, default=None)
+
     def last_end(self) -> float | None:
         if any(ev.start is None for ev in self.events):
             return None
@@ -158,7 +171,9 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
         tts=stack.tts,
         sink=speaker,
         config=SessionConfig(
-            policy=PolicyConfig(restart_policy=options.restart_policy),
+            policy=PolicyConfig(
+                restart_policy=options.restart_policy, preemptive=options.preemptive
+            ),
             loudness_onset=options.loudness_onset,
         ),
         decider=options.decider_factory() if options.decider_factory else None,
@@ -187,7 +202,7 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
             await sleep_until(origin + n * MIC_CHUNK / MIC_RATE)
             mic.place(speaker.first_sound_at.get(1))
             session.push_audio(mic.frame(MIC_CHUNK))
-            if _finished(session, mic, n * MIC_CHUNK / MIC_RATE, options, origin):
+            if _finished(session, speaker, mic, n * MIC_CHUNK / MIC_RATE, options, origin):
                 break
         stop.set()
         await speaker_task
@@ -195,7 +210,12 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
 
 
 def _finished(
-    session: Session, mic: _Microphone, t: float, options: RunOptions, origin: float
+    session: Session,
+    speaker: SimulatedSpeaker,
+    mic: _Microphone,
+    t: float,
+    options: RunOptions,
+    origin: float,
 ) -> bool:
     if t >= options.max_s:
         return True
@@ -203,13 +223,22 @@ def _finished(
     if first is None:
         return False
     if first.cancelled_at is not None:
-        return len(session.replies) >= 2 or (
+        # Run on until the answer to the interruption is heard, to measure its latency.
+        return _answer(session) in speaker.first_sound_at or (
             not session.policy.user_speaking and t - (first.cancelled_at - origin) > 10.0
         )
     if 1 not in session.recorded:
         return False
     last = mic.last_end()
     return last is not None and t >= last + options.settle_s
+
+
+def _answer(session: Session) -> int | None:
+    """The reply that answered the interruption: the first later one that was released."""
+    for reply_id, reply in session.replies.items():
+        if reply_id > 1 and reply.released.is_set():
+            return reply_id
+    return None
 
 
 def _measure(
@@ -246,6 +275,13 @@ def _measure(
     decision_ms = None
     if records and records[0].decided_at is not None and onset is not None:
         decision_ms = (records[0].decided_at - origin - onset) * 1000
+    # Response latency: from the end of the user's speech to the answer's first sound.
+    answer = _answer(session) if interrupted else None
+    response_ms = None
+    speech_end = mic.speech_end()
+    if answer is not None and answer in speaker.first_sound_at and speech_end is not None:
+        response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
+    preemptions = session.policy.preemptions
     return {
         "name": scenario.name,
         "kind": scenario.kind,
@@ -263,6 +299,10 @@ def _measure(
         "decision": records[0].decision if records else None,
         "decision_reason": records[0].reason if records else None,
         "decision_ms": decision_ms,
+        "response_ms": response_ms,
+        "llm_calls": len(session.replies),
+        "preemptive_calls": len(preemptions),
+        "preemptive_discarded": sum(1 for v in preemptions.values() if v == "discarded"),
         "timeline": [_relative(r.as_dict(), origin) for r in session.timeline],
         "errors": list(session.errors),
     }
