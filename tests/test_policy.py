@@ -92,7 +92,7 @@ def test_commit_runs_the_steps_in_order_then_yields() -> None:
     assert policy.handle(Words(2.2, ("what", "about", "tuesday"), final=True)) == []
     assert run_until_quiet(policy, 2.69) == []
     actions = policy.handle(Tick(2.7))
-    assert actions == [StartReply(2, "respond", ("what", "about", "tuesday"), 1)]
+    assert actions == [StartReply(2, "respond", ("what", "about", "tuesday"), 1, utterances=(1,))]
     assert policy.state is Floor.THINKING
 
 
@@ -150,7 +150,7 @@ def test_restart_policy_selects_the_next_reply_mode(policy_name: str, mode: str)
     policy.handle(SpeechEnded(1.4))
     policy.handle(Words(1.4, ("go", "on"), final=True))
     actions = run_until_quiet(policy, 5.0)
-    assert actions == [StartReply(2, mode, ("go", "on"), 1)]  # type: ignore[arg-type]
+    assert actions == [StartReply(2, mode, ("go", "on"), 1, utterances=(1,))]  # type: ignore[arg-type]
 
 
 def test_thinking_time_speech_merges_into_the_turn() -> None:
@@ -163,7 +163,9 @@ def test_thinking_time_speech_merges_into_the_turn() -> None:
     assert policy.handle(Tick(0.9)) == [FlushOutput(1), CancelReply(1), Truncate(1, 0)]
     policy.handle(SpeechEnded(1.2))
     policy.handle(Words(1.2, ("for", "two", "people"), final=True))
-    assert run_until_quiet(policy, 5.0) == [StartReply(2, "merge", ("for", "two", "people"), 1)]
+    assert run_until_quiet(policy, 5.0) == [
+        StartReply(2, "merge", ("for", "two", "people"), 1, utterances=(1,))
+    ]
 
 
 def test_thinking_time_noise_releases_the_hold() -> None:
@@ -201,7 +203,9 @@ def test_speech_just_after_the_agent_finished_is_a_new_turn() -> None:
     assert policy.interruptions == []
     policy.handle(SpeechEnded(5.8))
     policy.handle(Words(5.8, ("thanks",), final=True))
-    assert run_until_quiet(policy, 9.0) == [StartReply(2, "turn", ("thanks",), None)]
+    assert run_until_quiet(policy, 9.0) == [
+        StartReply(2, "turn", ("thanks",), None, utterances=(1,))
+    ]
 
 
 def test_late_reports_about_a_cancelled_reply_are_ignored() -> None:
@@ -295,7 +299,7 @@ def test_a_pause_with_final_words_starts_a_held_reply_released_at_turn_end() -> 
     policy.handle(SpeechStarted(1.0))
     assert policy.handle(SpeechEnded(2.0)) == []  # no final words yet: nothing to answer
     start = policy.handle(Words(2.1, ("what", "time", "is", "it"), final=True))
-    assert start == [StartReply(1, "turn", ("what", "time", "is", "it"), None, preemptive=True)]
+    assert start == [StartReply(1, "turn", ("what", "time", "is", "it"), None, True, (1,))]
     assert policy.state is Floor.PREPARING
     assert policy.next_deadline() == 2.5  # the turn end proper: 0.5 s after the speech
     assert policy.handle(Tick(2.49)) == []
@@ -313,7 +317,7 @@ def test_going_on_after_the_pause_discards_the_held_reply_and_keeps_the_words() 
     assert policy.state is Floor.LISTENING and policy.interruptions == []
     policy.handle(SpeechEnded(3.0))
     [again] = policy.handle(Words(3.0, ("for", "two"), final=True))
-    assert again == StartReply(2, "turn", ("book", "a", "table", "for", "two"), None, True)
+    assert again == StartReply(2, "turn", ("book", "a", "table", "for", "two"), None, True, (1, 2))
     assert run_until_quiet(policy, 5.0) == [ReleaseOutput(2)]
     assert policy.preemptions == {1: "discarded", 2: "released"}
     # Late reports about the discarded reply are harmless.
@@ -328,13 +332,13 @@ def test_after_a_barge_in_the_held_reply_keeps_the_restart_policy() -> None:
     assert policy.state is Floor.YIELDED
     policy.handle(SpeechEnded(2.0))
     [held] = policy.handle(Words(2.0, ("wait",), final=True))
-    assert held == StartReply(2, "respond", ("wait",), 1, preemptive=True)
+    assert held == StartReply(2, "respond", ("wait",), 1, True, (1,))
     # The user goes on: back to the floor they took, the interrupted reply still known.
     assert policy.handle(SpeechStarted(2.2)) == [CancelReply(2)]
     assert policy.state is Floor.YIELDED
     policy.handle(SpeechEnded(2.6))
     [again] = policy.handle(Words(2.6, ("what", "time"), final=True))
-    assert again == StartReply(3, "respond", ("wait", "what", "time"), 1, preemptive=True)
+    assert again == StartReply(3, "respond", ("wait", "what", "time"), 1, True, (1, 2))
 
 
 def test_no_words_means_no_preemptive_start() -> None:

@@ -371,3 +371,87 @@ def test_a_preemptive_reply_is_discarded_when_the_user_goes_on() -> None:
     # Prepared during the pause, heard right at the turn end.
     assert final.emitted_at[0] < 2.2 + 0.25 + 0.5 <= speaker.first_sound_at[2]
     assert speaker.first_sound_at[2] == pytest.approx(2.2 + 0.25 + 0.5, abs=0.04)
+
+
+class ListTranscriber:
+    """Returns the given texts in order (or raises for an exception); logs audio lengths."""
+
+    sample_rate = 16000
+
+    def __init__(self, texts: Sequence[str | Exception]) -> None:
+        self.texts = list(texts)
+        self.lengths: list[float] = []
+
+    def transcribe(self, audio: FloatAudio) -> str:
+        self.lengths.append(len(audio) / self.sample_rate)
+        item = self.texts.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def make_with_transcriber(
+    transcriber: ListTranscriber, utterances: list[Utterance]
+) -> tuple[Session, LoggingSpeaker, ScriptedLLM]:
+    speaker = LoggingSpeaker([])
+    llm = ScriptedLLM([AGENT, ANSWER])
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=ScriptedRecognizer(utterances),
+        llm=llm,
+        tts=WordTTS(),
+        sink=speaker,
+        transcriber=transcriber,
+    )
+    return session, speaker, llm
+
+
+def test_the_transcriber_s_text_is_what_the_llm_answers_and_the_conversation_keeps() -> None:
+    guess: Utterance = ([(0.6, ("what",))], ("what", "about", "to", "stay"))
+    transcriber = ListTranscriber(["What about Tuesday?"])
+    session, speaker, llm = make_with_transcriber(transcriber, [guess])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(0.5, 1.5)], until=3.5, request=False)
+
+    run(main(), "virtual")
+    # One utterance of 1.0 s (plus up to 0.3 s of pre-roll and the 0.25 s end silence).
+    [length] = transcriber.lengths
+    assert 1.0 <= length <= 1.0 + 0.3 + 0.25 + 0.07
+    assert [m.content for m in llm.calls[0] if m.role == "user"] == ["What about Tuesday?"]
+    assert session.conversation.messages[0].content == "What about Tuesday?"
+
+
+def test_the_transcript_corrects_the_turn_even_when_merged_after_a_cancel() -> None:
+    first: Utterance = ([(0.6, ("book",))], ("book", "a", "tables"))
+    added: Utterance = ([(1.5, ("for",))], ("for", "to"))
+    transcriber = ListTranscriber(["Book a table.", "For two."])
+    session, speaker, llm = make_with_transcriber(transcriber, [first, added])
+    session.policy.config.preemptive = False
+
+    async def main() -> None:
+        async with session:
+            # The user adds words while the agent is still thinking: a merge.
+            await drive(session, speaker, [(0.5, 1.0), (1.8, 2.6)], until=5.0, request=False)
+
+    run(main(), "virtual")
+    users = [m.content for m in session.conversation.messages if m.role == "user"]
+    assert users == ["Book a table. For two."]
+    assert [m.content for m in llm.calls[-1] if m.role == "user"] == ["Book a table. For two."]
+
+
+def test_a_failing_transcriber_leaves_the_recogniser_s_words() -> None:
+    guess: Utterance = ([(0.6, ("what",))], ("what", "about", "tuesday"))
+    session, speaker, llm = make_with_transcriber(
+        ListTranscriber([RuntimeError("model gone")]), [guess]
+    )
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(0.5, 1.5)], until=3.5, request=False)
+
+    run(main(), "virtual")
+    assert session.conversation.messages[0].content == "what about tuesday"
+    assert session.errors == ["transcriber: RuntimeError: model gone"]
+    assert llm.streams[0].emitted_at  # the reply went ahead

@@ -36,17 +36,22 @@ class Conversation:
     def add_user(self, text: str) -> None:
         self.messages.append(ChatMessage("user", text))
 
-    def extend_last_user(self, text: str) -> None:
-        """Merge words the user added while the agent was still thinking into their turn."""
+    def extend_last_user(self, text: str) -> tuple[int, str]:
+        """Merge words the user added while the agent was still thinking into their turn.
+
+        Returns the message's index and the text it had before, so a better transcript
+        of the added words can later replace them alone.
+        """
         for i in range(len(self.messages) - 1, -1, -1):
             message = self.messages[i]
             if message.role == "user":
                 joined = f"{message.content} {text}".strip() if text else message.content
                 self.messages[i] = replace(message, content=joined)
-                return
+                return i, message.content
             if message.role == "assistant":
                 break
         self.add_user(text)
+        return len(self.messages) - 1, ""
 
     def add_assistant(self, text: str, *, interrupted: bool = False) -> None:
         self.messages.append(ChatMessage("assistant", text, interrupted=interrupted))

@@ -154,6 +154,9 @@ class StartReply:
     """The interrupted reply this one follows, if any."""
     preemptive: bool = False
     """Started before the turn end was certain: hold its output until ReleaseOutput."""
+    utterances: tuple[int, ...] = ()
+    """The user's utterances this turn is made of, numbered from 1 in the order of their
+    SpeechStarted events, so the runtime can fetch an accurate transcript of each."""
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,7 @@ class _UserTurn:
     ended_at: float | None = None
     awaiting_final: bool = False
     utterance_words: tuple[str, ...] = ()
+    utterances: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,7 @@ class FloorPolicy:
         self._pending_mode: ReplyMode = "turn"
         self._interrupted_reply: int | None = None
         self._preemption: _Preemption | None = None
+        self._utterance = 0
         self.preemptions: dict[int, Literal["held", "released", "discarded"]] = {}
         """Every preemptive reply and what became of it (the wasted-call count)."""
         self._now = float("-inf")
@@ -400,6 +405,7 @@ class FloorPolicy:
     def _start_reply(
         self, trigger: str, mode: ReplyMode, words: tuple[str, ...], preemptive: bool = False
     ) -> list[Action]:
+        utterances = tuple(self._turn.utterances)
         if preemptive:
             self._preemption = _Preemption(self.state, self._pending_mode, self._interrupted_reply)
         self._go(trigger)
@@ -413,13 +419,15 @@ class FloorPolicy:
             self.preemptions[reply_id] = "held"  # the turn stays open until released
         else:
             self._turn = _UserTurn()
-        return [StartReply(reply_id, mode, words, after, preemptive)]
+        return [StartReply(reply_id, mode, words, after, preemptive, utterances)]
 
     # -- step 1 and 2: detect, then pause/duck on the same frame ------------------------
 
     def _on_speech_started(self, event: SpeechStarted) -> list[Action]:
         if self._turn.speaking:
             raise PolicyError("speech started twice without ending")
+        self._utterance += 1
+        self._turn.utterances.append(self._utterance)
         self._turn.speaking = True
         self._turn.ended_at = None
         self._turn.awaiting_final = False
@@ -487,6 +495,7 @@ class FloorPolicy:
         # from; they are not the user's turn.
         self._turn.words.clear()
         self._turn.utterance_words = ()
+        self._turn.utterances.clear()
         return []
 
     def _on_tick(self, now: float) -> list[Action]:
@@ -540,6 +549,7 @@ class FloorPolicy:
             ended_at=overlap.speech_ended_at,
             awaiting_final=overlap.speech_ended_at is not None and overlap.final_words is None,
             utterance_words=overlap.latest_words if overlap.final_words is None else (),
+            utterances=[self._utterance],
         )
         if overlap.final_words is not None:
             self._turn.words.extend(overlap.final_words)

@@ -16,12 +16,13 @@ has played (:meth:`Session.playout`), and that cursor, mapped to words by the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +38,7 @@ from bargein.policy import (
     DuckOutput,
     Event,
     FirstToken,
+    Floor,
     FloorPolicy,
     FlushOutput,
     InterruptionRecord,
@@ -64,6 +66,7 @@ from bargein.providers.base import (
     StreamingRecognizer,
     TextToSpeech,
     ToolCall,
+    Transcriber,
     VoiceActivityDetector,
 )
 from bargein.tools import CANCELLED_RESULT, PENDING_RESULT, Tool
@@ -131,6 +134,10 @@ class Reply:
     """Audio of a preemptive reply made before its release."""
     user_turn: tuple[ReplyMode, str] | None = None
     """The user's words this reply answers, not yet in the conversation."""
+    turn_message: tuple[int, str] | None = None
+    """Where the user's turn went in the conversation: message index, text before it."""
+    transcript: asyncio.Task[None] | None = None
+    """Correcting the user's turn with the transcriber's text (owned by the session)."""
 
 
 @dataclass
@@ -147,6 +154,8 @@ class SessionConfig:
     """LLM calls that may follow tool results within one reply."""
     fallback_line: str | None = None
     """Said when the LLM fails (unreachable, an HTTP error, a broken stream); None: silence."""
+    transcript_wait_s: float = 3.0
+    """How long a reply waits for the transcriber before answering the recogniser's words."""
 
 
 class Session:
@@ -165,6 +174,7 @@ class Session:
         config: SessionConfig | None = None,
         decider: Decider | None = None,
         segmenter: SpeechSegmenter | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self.config = config or SessionConfig()
         if vad.sample_rate != self.sample_rate or recognizer.sample_rate != self.sample_rate:
@@ -173,8 +183,11 @@ class Session:
             raise ValueError(
                 f"sink plays {sink.sample_rate} Hz but the TTS speaks {tts.sample_rate} Hz"
             )
+        if transcriber is not None and transcriber.sample_rate != self.sample_rate:
+            raise ValueError(f"the transcriber must run at {self.sample_rate} Hz")
         self.vad = vad
         self.recognizer = recognizer
+        self.transcriber = transcriber
         self.llm = llm
         self.tts = tts
         self.sink = sink
@@ -197,6 +210,11 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._floor = float("-inf")
+        # Utterances are numbered like the policy numbers them: one per SpeechStarted.
+        self._utterance = 0
+        self._utterance_audio: dict[int, list[FloatAudio]] = {}
+        self._transcripts: dict[int, asyncio.Task[str | None]] = {}
+        self._transcribing = asyncio.Lock()  # one Whisper run at a time: it takes the CPU
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -296,6 +314,8 @@ class Session:
         if isinstance(change, SpeechStarted):
             self._speech_started(change)
         elif self.segmenter.active or isinstance(change, SpeechEnded):
+            if self._utterance in self._utterance_audio:
+                self._utterance_audio[self._utterance].append(frame)
             words = self._recognize(self.recognizer.feed, frame)
             self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
@@ -304,8 +324,18 @@ class Session:
                 final = ()  # loud but never a voice: whatever the recogniser made of it
             self._handle(change)
             self._handle(Words(at, final, final=True))
+            user_turn = (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING)
+            if self.transcriber is not None and self.policy.state in user_turn:
+                # Part of a user turn: transcribe now, while the turn-end silence runs.
+                # An overlap that tier 2 may still resume from waits until it is needed.
+                self._utterance_transcript(self._utterance)
 
     def _speech_started(self, start: SpeechStarted) -> None:
+        self._utterance += 1
+        if self.transcriber is not None:
+            self._utterance_audio[self._utterance] = list(self._preroll)
+            for old in [u for u in self._utterance_audio if u < self._utterance - 20]:
+                del self._utterance_audio[old]  # a turn never spans that many
         self._recognize(self.recognizer.start)
         words: Sequence[str] = ()
         for past in self._preroll:
@@ -384,20 +414,74 @@ class Session:
         reply = Reply(action.reply_id, PlayoutTracker(self.tts.sample_rate))
         reply.user_turn = (action.mode, " ".join(action.user_words))
         self.replies[reply.reply_id] = reply
-        if action.preemptive:
-            # The turn may not be over: answer a copy, and keep the conversation as it was
-            # until the policy releases this reply.
+        if not action.preemptive:
+            self._release(reply)
+        # A preemptive reply answers a turn that may not be over: it keeps the user's
+        # words to itself until the policy releases it.
+        assert self._group is not None, "use the session inside 'async with'"
+        if self.transcriber is not None and action.utterances:
+            reply.transcript = self._group.create_task(self._correct_turn(reply, action))
+        reply.task = self._group.create_task(self._run_reply(reply, action))
+
+    def _llm_input(self, reply: Reply, action: StartReply) -> list[ChatMessage]:
+        view = self.conversation
+        if reply.user_turn is not None:
             view = Conversation(self.conversation.system_prompt, list(self.conversation.messages))
             _add_user_turn(view, *reply.user_turn)
-        else:
-            self._release(reply)
-            view = self.conversation
         interrupted = (
             self._interrupted.get(action.after_reply) if action.after_reply is not None else None
         )
-        messages = build_llm_input(view, action.mode, interrupted)
-        assert self._group is not None, "use the session inside 'async with'"
-        reply.task = self._group.create_task(self._run_reply(reply, messages))
+        return build_llm_input(view, action.mode, interrupted)
+
+    # -- accurate transcripts -----------------------------------------------------------
+
+    def _utterance_transcript(self, utterance: int) -> asyncio.Task[str | None]:
+        task = self._transcripts.get(utterance)
+        if task is None:
+            assert self._group is not None
+            audio = self._utterance_audio.pop(utterance, [])
+            task = self._group.create_task(self._transcribe(utterance, audio))
+            self._transcripts[utterance] = task
+            for old in [u for u in self._transcripts if u < utterance - 20]:
+                del self._transcripts[old]
+        return task
+
+    async def _transcribe(self, utterance: int, frames: list[FloatAudio]) -> str | None:
+        """Whisper's text of one utterance; None if it failed (the recogniser's words stand)."""
+        assert self.transcriber is not None
+        if not frames:
+            return None
+        audio = np.concatenate(frames)
+        transcriber = self.transcriber
+        async with self._transcribing:
+            try:
+                return await run_blocking(lambda: transcriber.transcribe(audio))
+            except Exception as exc:
+                message = f"transcriber: {describe_error(exc)}"
+                self.errors.append(message)
+                log.warning("utterance %d: %s", utterance, message)
+                return None
+
+    async def _correct_turn(self, reply: Reply, action: StartReply) -> None:
+        """Replace the recogniser's words of the user's turn with the transcriber's text.
+
+        Owned by the session, not the reply: if the reply is cancelled meanwhile, the
+        conversation still gets the better text.
+        """
+        texts = [await self._utterance_transcript(u) for u in action.utterances]
+        if any(text is None for text in texts):
+            return
+        text = " ".join(t for t in texts if t).strip()
+        if not text:
+            return
+        if reply.user_turn is not None:  # not yet in the conversation
+            reply.user_turn = (reply.user_turn[0], text)
+        elif reply.turn_message is not None:
+            index, before = reply.turn_message
+            message = self.conversation.messages[index]
+            content = f"{before} {text}".strip()
+            self.conversation.messages[index] = replace(message, content=content)
+        self._log_event("transcript", reply.reply_id, text=text)
 
     def _cancel(self, reply_id: int) -> None:
         reply = self.replies[reply_id]
@@ -411,7 +495,7 @@ class Session:
     def _release(self, reply: Reply) -> None:
         """The reply answers the user's turn for good: record the turn, play the audio."""
         if reply.user_turn is not None:
-            _add_user_turn(self.conversation, *reply.user_turn)
+            reply.turn_message = _add_user_turn(self.conversation, *reply.user_turn)
             reply.user_turn = None
         reply.released.set()
         for audio in reply.held:
@@ -423,7 +507,7 @@ class Session:
     def _truncate(self, reply_id: int, played: int) -> None:
         reply = self.replies[reply_id]
         if reply.user_turn is not None:  # a held reply failed: the user's words still count
-            _add_user_turn(self.conversation, *reply.user_turn)
+            reply.turn_message = _add_user_turn(self.conversation, *reply.user_turn)
             reply.user_turn = None
         heard = reply.tracker.heard_text(played)
         self.recorded[reply_id] = heard
@@ -441,8 +525,16 @@ class Session:
             self.errors.append(f"reply {reply_id}: {reply.error}")
         self._complete_record(reply)
 
-    async def _run_reply(self, reply: Reply, messages: Sequence[ChatMessage]) -> None:
+    async def _run_reply(self, reply: Reply, action: StartReply) -> None:
         try:
+            if reply.transcript is not None:
+                # Answer what the user said, not what the streaming recogniser guessed;
+                # if the transcriber is slow, answer the guess rather than keep them waiting.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.shield(reply.transcript), self.config.transcript_wait_s
+                    )
+            messages = self._llm_input(reply, action)
             async with asyncio.TaskGroup() as group:
                 sentences: asyncio.Queue[str | None] = asyncio.Queue()
                 group.create_task(self._generate(reply, messages, sentences))
@@ -601,11 +693,16 @@ class Session:
         timeline_log.info(json.dumps(record.as_dict()))
 
 
-def _add_user_turn(conversation: Conversation, mode: ReplyMode, text: str) -> None:
+def _add_user_turn(
+    conversation: Conversation, mode: ReplyMode, text: str
+) -> tuple[int, str] | None:
+    """Add the user's words; return where they went and the text they were added to."""
     if mode == "merge":
-        conversation.extend_last_user(text)
-    elif text:
+        return conversation.extend_last_user(text)
+    if text:
         conversation.add_user(text)
+        return len(conversation.messages) - 1, ""
+    return None
 
 
 def describe_error(exc: BaseException) -> str:
