@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Generator, Sequence
@@ -91,6 +93,30 @@ def default_model_path() -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+_native_log: Any = None
+"""llama.cpp's log callback; kept referenced so ctypes does not free it."""
+native_log = logging.getLogger("bargein.llamacpp")
+
+
+def _route_native_logs() -> None:
+    """Send llama.cpp's own messages to Python logging (debug) instead of stderr.
+
+    llama.cpp prints some notices on context creation whatever the verbosity; in a
+    terminal chat they would land between the user's lines.
+    """
+    global _native_log
+    if _native_log is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        native_log.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+    _native_log = forward
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
 
 
 def _sha256(path: Path) -> str:
@@ -169,6 +195,8 @@ class LlamaCppLLM:
         if not path.is_file():
             raise LLMError(f"no GGUF model at {path}: give the path of a .gguf file")
         from llama_cpp import Llama  # loads the native library: only when a model is wanted
+
+        _route_native_logs()
 
         try:
             # Any: the bindings' TypedDicts do not fit messages built at run time.
