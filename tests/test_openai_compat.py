@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bargein.bench.llama_server import LlamaServer
 from bargein.bench.llm_cancel import (
     DEFAULT_MESSAGES,
     CancelMeasurement,
@@ -37,7 +38,6 @@ from bargein.session import TokenLedger
 from tests.llm_servers import (
     DONE,
     Exchange,
-    LlamaServer,
     ScriptedServer,
     closed_port,
     cut_mid_chunk,

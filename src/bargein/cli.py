@@ -3,12 +3,14 @@
 - ``bargein bench SCENARIO_DIR --clock virtual --out results.json``: run a scenario set;
 - ``bargein scenarios DEST``: generate the built-in public scenario set;
 - ``bargein demo``: generate the built-in set (once) and benchmark it on the virtual clock;
-- ``bargein diagram``: print the policy's state diagram (Mermaid).
+- ``bargein diagram``: print the policy's state diagram (Mermaid);
+- ``bargein chat [--text] [--llm local|URL]``: talk to an agent, by voice or by typing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -21,12 +23,40 @@ from bargein.policy import RestartPolicy
 DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
 
 
+def _bench_llm(args: argparse.Namespace) -> int:
+    from bargein.bench.llm_cancel import cancel_report, format_cancel_report
+
+    report = asyncio.run(
+        cancel_report(
+            repeats=args.repeats,
+            after_tokens=args.after,
+            local=not args.no_local,
+            loopback_server=not args.no_server,
+            url=args.url,
+            model=args.model,
+        )
+    )
+    print(format_cancel_report(report))
+    print("(milliseconds; 'stopped' is when generation ended after the cancel: the worker's")
+    print(" loop for llama.cpp in process, the server's last decode over HTTP)")
+    if args.out:
+        serialisable = {
+            name: {k: v for k, v in s.items() if k != "measurements"}
+            | {"measurements": [m.__dict__ for m in s["measurements"]]}
+            for name, s in report.items()
+        }
+        Path(args.out).write_text(json.dumps(serialisable, indent=2))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bargein.bench.runner import RunOptions, print_report, run_set
     from bargein.scenario import ScenarioError
 
     options = RunOptions(
-        restart_policy=args.restart_policy, loudness_onset=not args.no_loudness_onset
+        restart_policy=args.restart_policy,
+        loudness_onset=not args.no_loudness_onset,
+        preemptive=not args.no_preemptive,
     )
     try:
         results = run_set(
@@ -73,6 +103,12 @@ def _diagram(_: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from bargein.chat import run_chat
+
+    return run_chat(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bargein", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log the timeline as JSON")
@@ -100,7 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tier 1 waits for the VAD instead of reacting to a sudden loud sound",
     )
+    bench.add_argument(
+        "--no-preemptive",
+        action="store_true",
+        help="start each reply only once the user's turn has certainly ended",
+    )
     bench.set_defaults(func=_bench)
+
+    llm_bench = sub.add_parser(
+        "bench-llm", help="measure how fast LLMs stop when a reply is cancelled"
+    )
+    llm_bench.add_argument("--repeats", type=int, default=20)
+    llm_bench.add_argument("--after", type=int, default=10, help="tokens before each cancel")
+    llm_bench.add_argument("--no-local", action="store_true", help="skip llama.cpp in process")
+    llm_bench.add_argument(
+        "--no-server", action="store_true", help="skip llama.cpp's server on loopback"
+    )
+    llm_bench.add_argument("--url", help="also an OpenAI-compatible server at this base URL")
+    llm_bench.add_argument("--model", help="the model name for --url")
+    llm_bench.add_argument("--out", help="write the figures as JSON here")
+    llm_bench.set_defaults(func=_bench_llm)
 
     scen = sub.add_parser("scenarios", help="generate the built-in scenario set")
     scen.add_argument("dest", nargs="?", default=str(DEFAULT_SET_DIR))
@@ -114,6 +169,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagram = sub.add_parser("diagram", help="print the policy's state diagram")
     diagram.set_defaults(func=_diagram)
+
+    chat = sub.add_parser("chat", help="talk to an agent: by voice, or by typing (--text)")
+    chat.add_argument(
+        "--text",
+        action="store_true",
+        help="type instead of speaking (automatic when there is no sound device)",
+    )
+    chat.add_argument(
+        "--llm",
+        default="local",
+        metavar="local|URL",
+        help="'local' (embedded Gemma 3 270M through llama.cpp, the default) or the base URL "
+        "of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1",
+    )
+    chat.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="with --llm local: a .gguf file to load instead; with a URL: the model name",
+    )
+    chat.add_argument("--api-key", dest="api_key", help="API key for the server at --llm URL")
+    chat.add_argument("--system", metavar="PROMPT", help="the agent's system prompt")
+    on_error = chat.add_mutually_exclusive_group()
+    on_error.add_argument(
+        "--fallback",
+        metavar="TEXT",
+        help="what the agent says when the model fails (default: an apology asking the user "
+        "to say it again)",
+    )
+    on_error.add_argument(
+        "--silent-on-error",
+        action="store_true",
+        dest="silent_on_error",
+        help="say nothing when the model fails (the error still goes to stderr)",
+    )
+    chat.set_defaults(func=_chat)
     return parser
 
 

@@ -58,6 +58,10 @@ class CancelMeasurement:
     tokens_after_cancel: int | None = None
     server_stop_after_cancel_s: float | None = None
     server_decodes_after_cancel: int | None = None
+    stopped_after_cancel_s: float | None = None
+    """For an in-process model: when its generation loop exited, after the cancel."""
+    decode_step_s: float | None = None
+    """The median time between tokens before the cancel: the unit the stop is measured in."""
 
 
 async def measure_cancel(
@@ -102,6 +106,10 @@ async def measure_cancel(
     closed_mono = time.monotonic()
 
     tokens_after = stream.tokens_after(cancelled_at) if isinstance(stream, TokenLedger) else None
+    stopped_at = getattr(stream, "stopped_at", None)
+    stopped_after = stopped_at - cancelled_at if isinstance(stopped_at, float) else None
+    emitted = [t for t in getattr(stream, "emitted_at", []) if t <= cancelled_at]
+    step = float(np.median(np.diff(emitted))) if len(emitted) > 2 else None
     stop_after: float | None = None
     decodes_after: int | None = None
     if server_decodes is not None:
@@ -115,6 +123,8 @@ async def measure_cancel(
         tokens_after_cancel=tokens_after,
         server_stop_after_cancel_s=stop_after,
         server_decodes_after_cancel=decodes_after,
+        stopped_after_cancel_s=stopped_after,
+        decode_step_s=step,
     )
 
 
@@ -154,8 +164,101 @@ async def run_cancel_bench(
     _add_percentiles(
         summary, "server_decodes_after_cancel", [r.server_decodes_after_cancel for r in runs]
     )
+    _add_percentiles(
+        summary,
+        "stopped_after_cancel_ms",
+        [
+            None if r.stopped_after_cancel_s is None else r.stopped_after_cancel_s * 1e3
+            for r in runs
+        ],
+    )
+    _add_percentiles(
+        summary,
+        "decode_step_ms",
+        [None if r.decode_step_s is None else r.decode_step_s * 1e3 for r in runs],
+    )
     summary["measurements"] = runs
     return summary
+
+
+async def cancel_report(
+    *,
+    repeats: int = 20,
+    after_tokens: int = 10,
+    local: bool = True,
+    loopback_server: bool = True,
+    url: str | None = None,
+    model: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The benchmark's LLM cancellation figures, one entry per way of running a model.
+
+    ``local``: the embedded llama.cpp model in process. ``loopback_server``:
+    llama-cpp-python's own server with the same model on loopback, its decodes logged,
+    reached over HTTP by the OpenAI-compatible provider. ``url``/``model``: any other
+    OpenAI-compatible server (only the client side can be measured there).
+    """
+    from bargein.providers.llamacpp import LlamaCppLLM, default_model_path
+    from bargein.providers.openai_compat import OpenAICompatLLM
+
+    report: dict[str, dict[str, Any]] = {}
+    if local:
+        llm = LlamaCppLLM(max_tokens=400)
+        report["llama.cpp in process"] = await run_cancel_bench(llm, repeats, after_tokens)
+    if loopback_server:
+        from bargein.bench.llama_server import LlamaServer
+
+        server = LlamaServer(str(default_model_path()))
+        server.start()
+        try:
+            http = OpenAICompatLLM(
+                base_url=server.base_url, model="gemma-3-270m", max_tokens=400, temperature=0.0
+            )
+            report["llama.cpp server over loopback HTTP"] = await run_cancel_bench(
+                http, repeats, after_tokens, server_decodes=server.decodes
+            )
+        finally:
+            server.stop()
+    if url is not None:
+        remote = OpenAICompatLLM.from_env(base_url=url, model=model, max_tokens=400)
+        report[url] = await run_cancel_bench(remote, repeats, after_tokens)
+    return report
+
+
+def format_cancel_report(report: dict[str, dict[str, Any]]) -> str:
+    """A table of the report: milliseconds, and tokens that began after the cancel."""
+    header = (
+        "model",
+        "aclose p50",
+        "aclose p95",
+        "stopped p50",
+        "stopped p95",
+        "decode step p50",
+        "tokens after cancel (max)",
+    )
+    rows = [header]
+    for name, s in report.items():
+        stopped = "stopped_after_cancel_ms" if "stopped_after_cancel_ms_p50" in s else None
+        if stopped is None and "server_stop_after_cancel_ms_p50" in s:
+            stopped = "server_stop_after_cancel_ms"
+        tokens = [
+            m.tokens_after_cancel for m in s["measurements"] if m.tokens_after_cancel is not None
+        ]
+        step = s.get("decode_step_ms_p50")
+        rows.append(
+            (
+                name,
+                f"{s['cancel_to_closed_ms_p50']:.2f}",
+                f"{s['cancel_to_closed_ms_p95']:.2f}",
+                "-" if stopped is None else f"{s[stopped + '_p50']:.1f}",
+                "-" if stopped is None else f"{s[stopped + '_p95']:.1f}",
+                "-" if step is None else f"{step:.1f}",
+                str(max(tokens)) if tokens else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def _add_percentiles(
