@@ -138,3 +138,19 @@ async def test_the_chat_template_path_streams_and_cancels_too() -> None:
     assert all(isinstance(p, str) and p for p in pieces)
     assert stream.closed_at is not None
     assert stream.tokens_after(stream.closed_at) == 0
+
+
+async def test_without_the_native_abort_a_cancel_waits_for_one_step_at_most() -> None:
+    between = LlamaCppLLM(max_tokens=60, abort_mid_step=False)
+    assert not between._abort.active
+    stream = between.stream(QUESTION)
+    seen = 0
+    async for _piece in stream:
+        seen += 1
+        if seen == 6:
+            break
+    await stream.aclose()
+    assert stream.closed_at is not None and stream.stopped_at is not None
+    assert stream.tokens_after(stream.closed_at) == 0
+    steps = np.diff(stream.emitted_at)
+    assert stream.stopped_at - stream.closed_at <= float(steps.max()) + 0.02

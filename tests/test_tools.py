@@ -190,3 +190,32 @@ def test_a_preemptive_reply_runs_no_tool_before_the_turn_is_over() -> None:
     # call ran once, at its release (speech end 2.2 s + 0.25 s + the 0.5 s turn end).
     assert len(calls_at) == 1
     assert calls_at[0] == pytest.approx(2.2 + 0.25 + 0.5, abs=0.04)
+
+
+def test_a_dead_llm_server_costs_one_fallback_line_and_nothing_else() -> None:
+    from bargein.providers.openai_compat import OpenAICompatLLM
+    from tests.llm_servers import closed_port
+
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    fallback = "Sorry, I cannot think right now."
+    speaker = LoggingSpeaker([])
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=ScriptedRecognizer([STOP]),
+        llm=OpenAICompatLLM(base_url=url, model="any"),
+        tts=WordTTS(),
+        sink=speaker,
+        config=SessionConfig(fallback_line=fallback),
+    )
+    session.conversation.add_user("hello")
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [], until=2.0)
+
+    run(main(), "virtual")  # real sockets work on the virtual loop; the refusal is at once
+    [error] = session.errors
+    assert error.startswith("reply 1: llm: LLMError: connection refused by " + url)
+    assert session.recorded[1] == fallback
+    assert [m.content for m in session.conversation.messages] == ["hello", fallback]
+    assert session.policy.state.value == "listening"

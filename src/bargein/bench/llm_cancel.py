@@ -204,6 +204,11 @@ async def cancel_report(
     if local:
         llm = LlamaCppLLM(max_tokens=400)
         report["llama.cpp in process"] = await run_cancel_bench(llm, repeats, after_tokens)
+        # The baseline, same model and run: stop only between two decode steps.
+        between = LlamaCppLLM(max_tokens=400, abort_mid_step=False)
+        report["llama.cpp in process, stop between steps"] = await run_cancel_bench(
+            between, repeats, after_tokens
+        )
     if loopback_server:
         from bargein.bench.llama_server import LlamaServer
 

@@ -139,6 +139,8 @@ class _NativeAbort:
         self._owner: object | None = None
         self._guard = threading.Lock()
         self.active = False
+        if context is None:
+            return
         try:
             import llama_cpp
 
@@ -240,6 +242,8 @@ class LlamaCppLLM:
     repeat_penalty: float = 1.1
     max_tokens: int = 160
     seed: int = 1
+    abort_mid_step: bool = True
+    """Abort the decode step under way on cancel (False: stop after it, for comparison)."""
 
     def __post_init__(self) -> None:
         path = default_model_path() if self.model is None else Path(self.model).expanduser()
@@ -264,7 +268,7 @@ class LlamaCppLLM:
             raise LLMError(f"llama.cpp could not load {path}: {exc}") from exc
         self.path = path
         self._lock = threading.Lock()
-        self._abort = _NativeAbort(self._llama.ctx)
+        self._abort = _NativeAbort(self._llama.ctx if self.abort_mid_step else None)
         if self.prompt_format == "transcript":
             # Evaluate the fixed preamble now, so the first reply starts from its cache.
             self._llama.eval(self._llama.tokenize(TRANSCRIPT_PREAMBLE.encode(), add_bos=True))
