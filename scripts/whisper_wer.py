@@ -30,12 +30,9 @@ import numpy as np
 from bargein.cli import DEFAULT_SET_DIR
 from bargein.providers.base import FloatAudio
 from bargein.providers.pocketsphinx import PocketSphinxRecognizer
-from bargein.providers.whisper import (
-    WhisperTranscriber,
-    normalize_for_wer,
-    word_edit_distance,
-)
+from bargein.providers.whisper import WhisperTranscriber
 from bargein.scenario import load_set
+from bargein.words import normalize_for_wer, word_edit_distance
 
 RATE = 16000
 FEED_SAMPLES = 320  # 20 ms, a typical telephony frame

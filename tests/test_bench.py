@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bargein.audio import write_wav
-from bargein.bench.metrics import format_table, percentile, summarize, word_edit_distance
+from bargein.bench.metrics import format_table, percentile, state_word_errors, summarize
 from bargein.bench.runner import RunOptions, Stack, run_set
 from bargein.cli import main as cli_main
 from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS
@@ -102,9 +102,9 @@ def test_summary_counts_and_percentiles(scenario_dir: Path) -> None:
 
 
 def test_metric_helpers() -> None:
-    assert word_edit_distance("One two, three.", "one two three") == 0
-    assert word_edit_distance("a b c", "a c") == 1
-    assert word_edit_distance("", "a b") == 2
+    assert state_word_errors("One two, three.", "one two three") == 0
+    assert state_word_errors("a b c", "a c") == 1
+    assert state_word_errors("", "a b") == 2
     assert percentile([1, 2, 3, 4, 100], 50) == 3
     assert percentile([], 95) is None
     rows = [

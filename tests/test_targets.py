@@ -51,3 +51,14 @@ def test_controls_are_never_touched(results: dict[str, Any]) -> None:
         assert not s["interrupted"], s["name"]
         assert s["paused_ms"] == 0, s["name"]
         assert s["timeline"] == [], s["name"]
+
+
+def test_preemptive_generation_answers_at_the_turn_end(results: dict[str, Any]) -> None:
+    # The user's turn is over 0.25 s (segmenter) + 0.5 s (turn end) after their speech;
+    # an answer prepared during that pause is heard right then. Started only at the turn
+    # end it would come 0.15 s (first token) plus the first sentence's synthesis later.
+    summary = results["summary"]["all"]
+    answered = [s for s in results["scenarios"] if s["interrupted"]]
+    assert all(s["response_ms"] is not None for s in answered)
+    assert 750 <= summary["response_ms"]["p50"] < 900
+    assert summary["preemptive_discarded"] <= 0.25 * summary["preemptive_calls"]

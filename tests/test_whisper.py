@@ -20,14 +20,8 @@ from scipy.signal import resample_poly
 from bargein.providers import whisper
 from bargein.providers.base import FloatAudio, ProviderError, Transcriber
 from bargein.providers.piper import PiperTTS
-from bargein.providers.whisper import (
-    CACHE_ENV,
-    WhisperTranscriber,
-    default_model_dir,
-    normalize_for_wer,
-    word_edit_distance,
-    word_error_rate,
-)
+from bargein.providers.whisper import CACHE_ENV, WhisperTranscriber, default_model_dir
+from bargein.words import normalize_for_wer, word_edit_distance, word_error_rate
 
 SENTENCE = "Please send the report to my office tomorrow morning."
 QUESTION = "Actually, could you book a table for four people at seven tonight?"

@@ -50,7 +50,7 @@ def _bench_llm(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bargein.bench.runner import RunOptions, print_report, run_set
+    from bargein.bench.runner import RunOptions, default_stack, print_report, run_set
     from bargein.scenario import ScenarioError
 
     options = RunOptions(
@@ -60,7 +60,11 @@ def _bench(args: argparse.Namespace) -> int:
     )
     try:
         results = run_set(
-            Path(args.scenario_dir), clock=args.clock, options=options, only=args.only or ()
+            Path(args.scenario_dir),
+            clock=args.clock,
+            options=options,
+            only=args.only or (),
+            stack=default_stack(transcripts=args.transcripts),
         )
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -135,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-loudness-onset",
         action="store_true",
         help="tier 1 waits for the VAD instead of reacting to a sudden loud sound",
+    )
+    bench.add_argument(
+        "--transcripts",
+        action="store_true",
+        help="transcribe the user's turns with Whisper, as a deployed agent would",
     )
     bench.add_argument(
         "--no-preemptive",

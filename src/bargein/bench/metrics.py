@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bargein.audio import window_dbfs
+from bargein.words import word_edit_distance
 
 AUDIBLE_DBFS = -45.0
 WINDOW_MS = 10.0
@@ -24,14 +25,9 @@ def words_of(text: str) -> list[str]:
     return [w for w in (re.sub(r"[^a-z0-9']", "", t.lower()) for t in text.split()) if w]
 
 
-def word_edit_distance(a: str, b: str) -> int:
-    x, y = words_of(a), words_of(b)
-    row = list(range(len(y) + 1))
-    for i, wx in enumerate(x, 1):
-        prev, row[0] = row[0], i
-        for j, wy in enumerate(y, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wx != wy))
-    return row[-1]
+def state_word_errors(heard: str, recorded: str) -> int:
+    """SCENARIOS.md's ``state_word_errors``: word edits between heard and recorded text."""
+    return word_edit_distance(words_of(heard), words_of(recorded))
 
 
 def audible_window_times(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -85,6 +81,10 @@ def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "response_ms": _stats(r.get("response_ms") for r in rows),
             "preemptive_calls": sum(int(r.get("preemptive_calls") or 0) for r in rows),
             "preemptive_discarded": sum(int(r.get("preemptive_discarded") or 0) for r in rows),
+            "user_turn_wer": _rate(
+                sum(int(r.get("user_turn_word_errors") or 0) for r in rows),
+                sum(int(r.get("user_turn_words") or 0) for r in rows),
+            ),
         }
     return summary
 
@@ -117,6 +117,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         "tok after cancel",
         "answer p50",
         "wasted calls",
+        "turn WER",
     )
     rows = [header]
     for kind, s in summary.items():
@@ -135,6 +136,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 str(s["llm_tokens_after_cancel"]),
                 _fmt(s["response_ms"]["p50"]),
                 f"{s['preemptive_discarded']}/{s['preemptive_calls']}",
+                "-" if s["user_turn_wer"] is None else f"{100 * s['user_turn_wer']:.0f}%",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -29,8 +29,8 @@ from bargein.bench.metrics import (
     WINDOW_MS,
     audible_window_times,
     format_table,
+    state_word_errors,
     summarize,
-    word_edit_distance,
 )
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import ClockKind, run, sleep_until
@@ -40,11 +40,13 @@ from bargein.providers.base import (
     FloatAudio,
     StreamingRecognizer,
     TextToSpeech,
+    Transcriber,
     VoiceActivityDetector,
 )
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, ScenarioError, load_set
 from bargein.session import Session, SessionConfig, describe_error
+from bargein.words import normalize_for_wer, word_edit_distance
 
 MIC_RATE = 16000
 MIC_CHUNK = 160
@@ -59,10 +61,12 @@ class Stack:
     vad: VoiceActivityDetector
     recognizer: StreamingRecognizer
     tts: TextToSpeech
+    transcriber: Transcriber | None = None
 
 
-def default_stack() -> Stack:
-    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice.
+def default_stack(transcripts: bool = False) -> Stack:
+    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, and with
+    ``transcripts`` Whisper for the user's turns.
 
     The agent's voice is Piper without sampling noise, so a run repeats exactly.
     """
@@ -70,7 +74,13 @@ def default_stack() -> Stack:
     from bargein.providers.pocketsphinx import PocketSphinxRecognizer
     from bargein.providers.silero import SileroVAD
 
-    return Stack(SileroVAD(), PocketSphinxRecognizer(), CachedTTS(PiperTTS.repeatable()))
+    transcriber = None
+    if transcripts:
+        from bargein.providers.whisper import WhisperTranscriber
+
+        transcriber = WhisperTranscriber()
+    tts = CachedTTS(PiperTTS.repeatable())
+    return Stack(SileroVAD(), PocketSphinxRecognizer(), tts, transcriber)
 
 
 @dataclass
@@ -177,6 +187,7 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
             loudness_onset=options.loudness_onset,
         ),
         decider=options.decider_factory() if options.decider_factory else None,
+        transcriber=stack.transcriber,
     )
     mic = _Microphone(
         events=[
@@ -241,6 +252,12 @@ def _answer(session: Session) -> int | None:
     return None
 
 
+def _last_user_turn(session: Session) -> str:
+    """The user's last message: in a scenario, the turn that interrupted the agent."""
+    users = [m.content for m in session.conversation.messages if m.role == "user"]
+    return users[-1] if users else ""
+
+
 def _measure(
     scenario: Scenario,
     session: Session,
@@ -282,6 +299,13 @@ def _measure(
     if answer is not None and answer in speaker.first_sound_at and speech_end is not None:
         response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
     preemptions = session.policy.preemptions
+    # What the conversation kept of the user's interrupting turn, against what was said.
+    said = " ".join(ev.text for ev in scenario.events if ev.text)
+    kept = _last_user_turn(session)
+    turn_words = len(normalize_for_wer(said)) if interrupted and said else 0
+    turn_errors = (
+        word_edit_distance(normalize_for_wer(said), normalize_for_wer(kept)) if turn_words else 0
+    )
     return {
         "name": scenario.name,
         "kind": scenario.kind,
@@ -294,7 +318,7 @@ def _measure(
         "paused_ms": speaker.paused_s.get(1, 0.0) * 1000 if not expect_interrupt else None,
         "heard_text": heard,
         "recorded_text": recorded,
-        "state_word_errors": word_edit_distance(heard, recorded),
+        "state_word_errors": state_word_errors(heard, recorded),
         "llm_tokens_after_cancel": reply.tokens_after_cancel if reply else 0,
         "decision": records[0].decision if records else None,
         "decision_reason": records[0].reason if records else None,
@@ -303,6 +327,9 @@ def _measure(
         "llm_calls": len(session.replies),
         "preemptive_calls": len(preemptions),
         "preemptive_discarded": sum(1 for v in preemptions.values() if v == "discarded"),
+        "user_turn_text": kept if turn_words else None,
+        "user_turn_words": turn_words,
+        "user_turn_word_errors": turn_errors,
         "timeline": [_relative(r.as_dict(), origin) for r in session.timeline],
         "errors": list(session.errors),
     }
