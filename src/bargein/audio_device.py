@@ -305,11 +305,7 @@ class SoundDeviceSink:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.abort()
-            with contextlib.suppress(Exception):
-                stream.close()
+        _shut(stream)
 
     def _restart_stream(self) -> None:
         stream = self._stream
@@ -388,11 +384,7 @@ class Microphone:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.abort()
-            with contextlib.suppress(Exception):
-                stream.close()
+        _shut(stream)
 
     def __enter__(self) -> Microphone:
         self.open()
@@ -405,3 +397,13 @@ class Microphone:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _shut(stream: Any) -> None:
+    """Stop a PortAudio stream now (dropping what it buffered) and release it."""
+    if stream is None:
+        return
+    with contextlib.suppress(Exception):
+        stream.abort()
+    with contextlib.suppress(Exception):
+        stream.close()

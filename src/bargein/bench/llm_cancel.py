@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bargein.bench.metrics import columns
 from bargein.providers.base import ChatMessage, LanguageModel
 from bargein.session import TokenLedger
 
@@ -260,10 +261,7 @@ def format_cancel_report(report: dict[str, dict[str, Any]]) -> str:
                 str(max(tokens)) if tokens else "-",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return columns(rows)
 
 
 def _add_percentiles(

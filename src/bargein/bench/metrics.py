@@ -139,7 +139,12 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 "-" if s["user_turn_wer"] is None else f"{100 * s['user_turn_wer']:.0f}%",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return columns(rows) + "\n(latencies in ms)"
+
+
+def columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n(latencies in ms)"
+    return "\n".join(lines)
