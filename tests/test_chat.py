@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -38,6 +37,7 @@ from bargein.providers.base import ChatMessage, LLMError, ToolCall, ToolSpec
 from bargein.providers.scripted import ScriptedLLM
 from bargein.session import Reply
 from tests.doubles import TTS_RATE, WORD_SAMPLES, WordTTS
+from tests.llm_servers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STORY = "One two three four five six seven eight nine ten."
@@ -471,13 +471,6 @@ def test_fallback_and_silent_are_exclusive(capsys: pytest.CaptureFixture[str]) -
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize("silent", [False, True])
 def test_the_command_survives_a_server_that_is_not_there(silent: bool) -> None:
     port = closed_port()
@@ -541,3 +534,24 @@ def test_a_voice_sink_is_closed_with_the_chat(monkeypatch: pytest.MonkeyPatch) -
     args = cli.build_parser().parse_args(["chat", "--text"])
     conversation = run(chat_module._text_main(ScriptedLLM(["x"]), args, DeviceProbe(True, True)))
     assert conversation.messages == [] and closed == [True]
+
+
+def test_a_piped_chat_with_the_embedded_model_answers_every_line() -> None:
+    # The whole local default: Gemma 3 270M in process, no server, no sound device.
+    result = subprocess.run(
+        [sys.executable, "-m", "bargein.cli", "chat", "--text"],
+        input="hello there\nwhat is a good name for a cat\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "error" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("you> ")] == [
+        "you> hello there",
+        "you> what is a good name for a cat",
+    ]
+    replies = [line.removeprefix("agent> ") for line in lines if line.startswith("agent> ")]
+    assert len(replies) == 2 and all(len(reply.split()) >= 2 for reply in replies)
