@@ -219,3 +219,53 @@ def test_a_dead_llm_server_costs_one_fallback_line_and_nothing_else() -> None:
     assert session.recorded[1] == fallback
     assert [m.content for m in session.conversation.messages] == ["hello", fallback]
     assert session.policy.state.value == "listening"
+
+
+def test_a_tool_round_trip_over_the_openai_wire_format() -> None:
+    from bargein.providers.openai_compat import OpenAICompatLLM
+    from tests.llm_servers import DONE, ScriptedServer, delta, sse
+
+    call = {"index": 0, "id": "call_1", "type": "function"}
+    server = ScriptedServer()
+    server.script(
+        sse(
+            delta("One moment."),
+            delta(tool_calls=[{**call, "function": {"name": "weather", "arguments": '{"ci'}}]),
+            delta(tool_calls=[{"index": 0, "function": {"arguments": 'ty": "Oslo"}'}}]),
+            delta(finish="tool_calls"),
+            DONE,
+        ),
+        sse(delta(" It is clear in Oslo."), delta(finish="stop"), DONE),
+    )
+
+    def weather(city: str) -> str:
+        return f"clear in {city}"
+
+    async def main() -> Session:
+        await server.start()
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([STOP]),
+            llm=OpenAICompatLLM(base_url=server.base_url, model="m"),
+            tts=WordTTS(),
+            sink=speaker,
+            config=SessionConfig(tools=[tool(weather, description="Weather now.")]),
+        )
+        try:
+            async with session:
+                await drive(session, speaker, [], until=3.0)
+        finally:
+            await server.close()
+        return session
+
+    session = run(main(), "real")
+    first, second = (request.body for request in server.requests)
+    assert [t["function"]["name"] for t in first["tools"]] == ["weather"]
+    assistant, result = second["messages"][-2:]
+    assert assistant["tool_calls"][0]["function"] == {
+        "name": "weather",
+        "arguments": '{"city": "Oslo"}',
+    }
+    assert result == {"role": "tool", "content": "clear in Oslo", "tool_call_id": "call_1"}
+    assert session.errors == []
