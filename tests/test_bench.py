@@ -181,3 +181,19 @@ def test_the_same_run_works_on_the_real_clock(tmp_path: Path) -> None:
     assert result["interrupted"] and not result["missed"]
     assert result["state_word_errors"] == 0 and result["llm_tokens_after_cancel"] == 0
     assert result["timeline"][0]["onset_at"] < 5.0  # relative to the reply request
+
+
+def test_the_demo_command_benchmarks_the_built_in_set(
+    scenario_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's first command, with a small set standing in for the built-in one.
+    import bargein.bench.runner
+    import bargein.builtin_set
+
+    monkeypatch.setattr(bargein.builtin_set, "generate_builtin_set", lambda dest: dest)
+    monkeypatch.setattr(bargein.bench.runner, "default_stack", lambda transcripts=False: stack())
+    (scenario_dir / "broken.json").unlink()  # a clean set: the command succeeds
+    out = scenario_dir.parent / "results.json"
+    assert cli_main(["demo", "--dest", str(scenario_dir), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["scenarios"]
+    assert "barge_in" in capsys.readouterr().out

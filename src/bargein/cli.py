@@ -89,15 +89,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     print(f"Preparing the built-in scenario set in {args.dest} ...", file=sys.stderr)
     generate_builtin_set(Path(args.dest))
-    bench_args = argparse.Namespace(
-        scenario_dir=args.dest,
-        clock="virtual",
-        out=args.out,
-        only=None,
-        restart_policy="respond",
-        no_loudness_onset=False,
-    )
-    return _bench(bench_args)
+    # Parsed like the command line, so every bench option keeps its default.
+    return _bench(build_parser().parse_args(["bench", args.dest, "--out", args.out]))
 
 
 def _diagram(_: argparse.Namespace) -> int:
