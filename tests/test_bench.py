@@ -194,6 +194,6 @@ def test_the_demo_command_benchmarks_the_built_in_set(
     monkeypatch.setattr(bargein.bench.runner, "default_stack", lambda transcripts=False: stack())
     (scenario_dir / "broken.json").unlink()  # a clean set: the command succeeds
     out = scenario_dir.parent / "results.json"
-    assert cli_main(["demo", "--dest", str(scenario_dir), "--out", str(out)]) == 0
+    assert cli_main(["bench-demo", "--dest", str(scenario_dir), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["scenarios"]
     assert "barge_in" in capsys.readouterr().out

@@ -1,0 +1,74 @@
+"""What a server shares between its sessions, and what each session gets of its own.
+
+Models are expensive to load and safe to share: the LLM (llama.cpp serialises its
+generations behind a lock), the TTS and the transcriber. Detectors carry per-stream
+state (Silero's RNN state, pocketsphinx's utterance), so every session gets fresh ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from bargein.decider import Decider
+from bargein.providers.base import (
+    LanguageModel,
+    StreamingRecognizer,
+    TextToSpeech,
+    Transcriber,
+    VoiceActivityDetector,
+)
+from bargein.session import AudioSink, Session, SessionConfig
+
+DEFAULT_FALLBACK = "Sorry, I lost my train of thought. Could you say that again?"
+
+
+def _silero() -> VoiceActivityDetector:
+    from bargein.providers.silero import SileroVAD
+
+    return SileroVAD()
+
+
+def _pocketsphinx() -> StreamingRecognizer:
+    from bargein.providers.pocketsphinx import PocketSphinxRecognizer
+
+    return PocketSphinxRecognizer()
+
+
+@dataclass
+class AgentStack:
+    llm: LanguageModel
+    tts: TextToSpeech
+    transcriber: Transcriber | None = None
+    config: SessionConfig = field(
+        default_factory=lambda: SessionConfig(fallback_line=DEFAULT_FALLBACK)
+    )
+    vad_factory: Callable[[], VoiceActivityDetector] = _silero
+    recognizer_factory: Callable[[], StreamingRecognizer] = _pocketsphinx
+    decider_factory: Callable[[], Decider] | None = None
+
+    def session(self, sink: AudioSink, *, llm: LanguageModel | None = None) -> Session:
+        """A new session on ``sink`` with fresh detectors; ``llm`` overrides the shared one."""
+        return Session(
+            vad=self.vad_factory(),
+            recognizer=self.recognizer_factory(),
+            llm=llm or self.llm,
+            tts=self.tts,
+            sink=sink,
+            config=replace(self.config),
+            decider=self.decider_factory() if self.decider_factory else None,
+            transcriber=self.transcriber,
+        )
+
+    @classmethod
+    def default(cls, llm: LanguageModel | None = None, *, transcripts: bool = True) -> AgentStack:
+        """The embedded default: Gemma 3 270M, Piper's joe voice, Whisper transcripts."""
+        from bargein.providers.llamacpp import LlamaCppLLM
+        from bargein.providers.piper import PiperTTS
+
+        transcriber: Transcriber | None = None
+        if transcripts:
+            from bargein.providers.whisper import WhisperTranscriber
+
+            transcriber = WhisperTranscriber()
+        return cls(llm=llm or LlamaCppLLM(), tts=PiperTTS(), transcriber=transcriber)
