@@ -1,0 +1,419 @@
+"""A stand-in for Twilio's side of a Media Stream, to test and benchmark ``/twilio``.
+
+It speaks the same JSON as Twilio and keeps Twilio's timing: every 20 ms it sends the
+microphone's last 20 ms and plays the next 20 ms of what the agent sent; it echoes a
+mark only once all audio received before the mark has finished playing, and on a
+``clear`` it drops what it holds and echoes every pending mark at once, as Twilio's
+documentation says Twilio does. What it plays is recorded on its own clock, so a
+benchmark measures the stop latency at the caller's ear, not at the server.
+
+Playback is modelled as a device that takes 20 ms at a time: a frame taken at a tick
+plays to its end even if a ``clear`` comes during it, and its mark is echoed at the
+next tick. Received audio waits for the next tick. Both make the recording slightly
+pessimistic (by up to 20 ms), never optimistic.
+
+One clock for everything: seconds since the WebSocket connected. Recorded sample ``i``
+played at ``i / 8000`` on it; message arrival times, echo times, the ``mic(t)``
+argument and ``run``'s ``until_s`` are all on it too.
+
+Usage::
+
+    async with TwilioFarEnd("ws://127.0.0.1:8000/twilio", parameters={"token": "s"}) as far:
+        recording = await far.run(lambda t: None, until_s=5.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from bargein.audio import last_audible
+from bargein.clock import sleep_until
+from bargein.providers.base import FloatAudio
+from bargein.transports import mulaw
+from bargein.transports.twilio import FRAME_SAMPLES, WIRE_RATE, parse_mark
+
+__all__ = ["MIC_RATE", "EchoedMark", "FarEndRecording", "Mic", "Received", "TwilioFarEnd"]
+
+MIC_RATE = 16000
+TICK_S = FRAME_SAMPLES / WIRE_RATE
+
+Mic = Callable[[float], FloatAudio | None]
+"""``mic(t)``: the caller's audio for the 20 ms starting at ``t``, as float32 at 16 kHz
+(320 samples); None for silence."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message from the server and when it arrived."""
+
+    at: float
+    event: str
+    payload: bytes = b""
+    """The mu-law bytes of a ``media`` message."""
+    name: str = ""
+    """The name of a ``mark``."""
+
+
+@dataclass(frozen=True)
+class EchoedMark:
+    at: float
+    name: str
+    played: bool
+    """False when echoed because a ``clear`` discarded the audio before it."""
+
+
+@dataclass
+class FarEndRecording:
+    """What the far end heard, received and echoed."""
+
+    sample_rate: int = WIRE_RATE
+    rendered: int = 0
+    """Samples of time played so far (sound or silence)."""
+    received: list[Received] = field(default_factory=list)
+    marks: list[EchoedMark] = field(default_factory=list)
+    clears: list[float] = field(default_factory=list)
+    close_code: int | None = None
+    closed_at: float | None = None
+    _audio: FloatAudio = field(
+        init=False, repr=False, default_factory=lambda: np.zeros(0, dtype=np.float32)
+    )
+    _reply: np.ndarray = field(
+        init=False, repr=False, default_factory=lambda: np.zeros(0, dtype=np.int32)
+    )
+
+    @property
+    def audio(self) -> FloatAudio:
+        """Everything played: sample ``i`` played at ``i / 8000`` seconds."""
+        return self._audio[: self.rendered]
+
+    @property
+    def reply_at(self) -> np.ndarray:
+        """The reply each played sample belongs to, from the mark after it (0: silence)."""
+        return self._reply[: self.rendered]
+
+    def played(self, reply_id: int) -> FloatAudio:
+        """The samples of one reply, in the order they were played."""
+        selected: FloatAudio = self.audio[self.reply_at == reply_id]
+        return selected
+
+    def last_sound_s(self, reply_id: int | None = None, threshold_dbfs: float = -45.0) -> float:
+        """When the last audible sample (of ``reply_id``, or of anything) ended; 0 if none."""
+        audio = self.audio
+        if reply_id is not None:
+            audio = np.where(self.reply_at == reply_id, audio, np.float32(0))
+        end = last_audible(audio, self.sample_rate, threshold_dbfs)
+        return 0.0 if end is None else end
+
+    def output_between(self, t0: float, t1: float, rate: int) -> FloatAudio:
+        """What played in ``[t0, t1)`` at ``rate`` (linear interpolation): an echo's source.
+
+        Time not yet played is silence, so a microphone simulating echo can call this
+        for the 20 ms it is about to send.
+        """
+        n = max(0, round((t1 - t0) * rate))
+        src = (t0 + np.arange(n) / rate) * self.sample_rate
+        out = np.zeros(n, dtype=np.float32)
+        valid = (src >= 0) & (src < self.rendered - 1)
+        base = np.floor(src[valid]).astype(np.int64)
+        frac = (src[valid] - base).astype(np.float32)
+        out[valid] = self._audio[base] * (1 - frac) + self._audio[base + 1] * frac
+        return out
+
+    def _allocate(self, samples: int) -> None:
+        if samples > len(self._audio):
+            grow = samples - len(self._audio)
+            self._audio = np.concatenate([self._audio, np.zeros(grow, dtype=np.float32)])
+            self._reply = np.concatenate([self._reply, np.zeros(grow, dtype=np.int32)])
+
+    def _render(self, at_sample: int, samples: FloatAudio, replies: np.ndarray) -> None:
+        self._allocate(at_sample + len(samples))
+        self._audio[at_sample : at_sample + len(samples)] = samples
+        self._reply[at_sample : at_sample + len(samples)] = replies
+        self.rendered = at_sample + len(samples)
+
+
+@dataclass
+class _Queued:
+    samples: FloatAudio
+    reply_id: int | None = None  # known once the mark after it arrives
+    offset: int = 0
+    pieces: list[tuple[int, int]] = field(default_factory=list)
+    """Where it was recorded before its reply was known: (sample index, length)."""
+
+
+class TwilioFarEnd:
+    """One simulated call to a Media Streams server. Use as ``async with``.
+
+    ``parameters`` become the ``start`` message's ``customParameters`` (the TwiML
+    ``<Parameter>`` values: ``token``, ``bench_reply``, ``request_reply``).
+    ``send_start=False`` leaves ``start`` to the caller (see :meth:`start`), for tests
+    of what a server does before it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        parameters: Mapping[str, str] | None = None,
+        send_start: bool = True,
+    ) -> None:
+        self.url = url
+        self.parameters = dict(parameters or {})
+        self.send_start = send_start
+        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.call_sid = "CA" + uuid.uuid4().hex
+        self.account_sid = "AC" + uuid.uuid4().hex
+        self.recording = FarEndRecording()
+        self._ws: ClientConnection | None = None
+        self._receiver: asyncio.Task[None] | None = None
+        self._origin = 0.0
+        self._sequence = 0
+        self._chunk = 0
+        self._queue: deque[_Queued] = deque()
+        # Positions count received samples; a clear counts its dropped samples as taken.
+        self._received = 0
+        self._taken = 0  # handed to the "device"
+        self._finished = 0  # done playing
+        self._pending: deque[tuple[int, str]] = deque()  # (position, mark name)
+        self._closed = asyncio.Event()
+        self._outbox: deque[dict[str, Any]] = deque()  # mark echoes not yet sent
+        self._unlabelled: list[_Queued] = []  # audio received since the last mark
+        self._downsampler = mulaw.Downsampler2x()
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TwilioFarEnd:
+        self._ws = await connect(self.url)
+        self._origin = asyncio.get_running_loop().time()
+        self._receiver = asyncio.create_task(self._receive())
+        await self.send_event({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        if self.send_start:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ws is not None and not self._closed.is_set():
+            stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_event({"event": "stop", "streamSid": self.stream_sid, "stop": stop})
+            await self._ws.close()
+        if self._receiver is not None:
+            await asyncio.wait({self._receiver}, timeout=5.0)
+            self._receiver.cancel()
+
+    async def start(self, parameters: Mapping[str, str] | None = None) -> None:
+        """Send ``start``; ``parameters`` replace the ones given to the constructor."""
+        if parameters is not None:
+            self.parameters = dict(parameters)
+        body = {
+            "accountSid": self.account_sid,
+            "streamSid": self.stream_sid,
+            "callSid": self.call_sid,
+            "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": WIRE_RATE, "channels": 1},
+            "customParameters": self.parameters,
+        }
+        await self.send_event({"event": "start", "streamSid": self.stream_sid, "start": body})
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        """Send one message, numbered the way Twilio numbers its own."""
+        self._sequence += 1
+        await self.send_raw(json.dumps({**event, "sequenceNumber": str(self._sequence)}))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send anything at all, well-formed or not."""
+        assert self._ws is not None, "use TwilioFarEnd inside 'async with'"
+        await self._ws.send(data)
+
+    async def send_media(self, payload: bytes) -> None:
+        """Send mu-law bytes as the caller's audio."""
+        self._chunk += 1
+        media = {
+            "track": "inbound",
+            "chunk": str(self._chunk),
+            "timestamp": str(round(self.now() * 1000)),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        }
+        await self.send_event({"event": "media", "streamSid": self.stream_sid, "media": media})
+
+    def abort(self) -> None:
+        """Vanish without a closing handshake, like a dropped network."""
+        assert self._ws is not None, "use TwilioFarEnd inside 'async with'"
+        self._ws.transport.abort()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait for the server to close the socket; False if it has not within ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), timeout)
+        return self._closed.is_set()
+
+    def now(self) -> float:
+        """Seconds since the connection opened: the recording's clock."""
+        return asyncio.get_running_loop().time() - self._origin
+
+    # -- the call -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        mic: Mic,
+        until_s: float,
+        *,
+        stop: Callable[[FarEndRecording], bool] | None = None,
+    ) -> FarEndRecording:
+        """Talk and listen in real time until ``until_s`` on the recording's clock.
+
+        Ends early when the server closes the socket or ``stop(recording)`` (asked every
+        20 ms) returns True. May be called again to go on with the same call.
+        """
+        first = math.ceil(self.now() / TICK_S - 1e-9)
+        tick = first
+        self.recording._render(self.recording.rendered, *self._silence(first))
+        while tick * TICK_S < until_s:
+            await sleep_until(self._origin + tick * TICK_S)
+            if self._closed.is_set() or (stop is not None and stop(self.recording)):
+                break
+            t = tick * TICK_S
+            self._finish_playing(t)
+            self._play_next_frame(tick)
+            await self._drain()
+            if tick > first:  # the microphone's last 20 ms, now that they are captured
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send_mic(mic(t - TICK_S))
+            tick += 1
+        return self.recording
+
+    def _silence(self, ticks: int) -> tuple[FloatAudio, np.ndarray]:
+        n = max(0, ticks * FRAME_SAMPLES - self.recording.rendered)
+        return np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int32)
+
+    async def _send_mic(self, audio16: FloatAudio | None) -> None:
+        if audio16 is None:
+            audio16 = np.zeros(2 * FRAME_SAMPLES, dtype=np.float32)
+        await self.send_media(mulaw.encode(self._downsampler.process(audio16)))
+
+    # -- playback -------------------------------------------------------------------------
+
+    def _finish_playing(self, t: float) -> None:
+        """The frame taken at the previous tick has played out: echo the marks it ends."""
+        self._finished = self._taken
+        while self._pending and self._pending[0][0] <= self._finished:
+            self._echo(self._pending.popleft()[1], played=True, at=t)
+
+    def _play_next_frame(self, tick: int) -> None:
+        samples = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+        replies = np.zeros(FRAME_SAMPLES, dtype=np.int32)
+        filled = 0
+        while filled < FRAME_SAMPLES and self._queue:
+            item = self._queue[0]
+            n = min(FRAME_SAMPLES - filled, len(item.samples) - item.offset)
+            samples[filled : filled + n] = item.samples[item.offset : item.offset + n]
+            if item.reply_id is None:
+                item.pieces.append((tick * FRAME_SAMPLES + filled, n))
+            replies[filled : filled + n] = item.reply_id or 0
+            item.offset += n
+            filled += n
+            if item.offset == len(item.samples):
+                self._queue.popleft()
+        self._taken += filled
+        self.recording._render(tick * FRAME_SAMPLES, samples, replies)
+
+    def _echo(self, name: str, *, played: bool, at: float) -> None:
+        self.recording.marks.append(EchoedMark(at, name, played))
+        self._outbox.append({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    async def _drain(self) -> None:
+        """Send the echoes decided so far, in order, before anything else goes out."""
+        with contextlib.suppress(ConnectionClosed):
+            while self._outbox:
+                await self.send_event(self._outbox.popleft())
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                if isinstance(message, str):
+                    self._on_message(message)
+                    await self._drain()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.recording.close_code = self._ws.close_code
+            self.recording.closed_at = self.now()
+            self._closed.set()
+
+    def _on_message(self, text: str) -> None:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        at = self.now()
+        kind = event.get("event")
+        if kind == "media":
+            body = event.get("media")
+            payload = body.get("payload") if isinstance(body, dict) else None
+            try:
+                raw = base64.b64decode(payload if isinstance(payload, str) else "", validate=True)
+            except (binascii.Error, ValueError):
+                return
+            self.recording.received.append(Received(at, "media", payload=raw))
+            if raw:
+                item = _Queued(mulaw.decode(raw))
+                self._queue.append(item)
+                self._unlabelled.append(item)
+                self._received += len(raw)
+        elif kind == "mark":
+            body = event.get("mark")
+            name = body.get("name") if isinstance(body, dict) else None
+            if isinstance(name, str):
+                self.recording.received.append(Received(at, "mark", name=name))
+                self._on_mark(name, at)
+        elif kind == "clear":
+            self.recording.received.append(Received(at, "clear"))
+            self.recording.clears.append(at)
+            self._queue.clear()
+            self._taken = self._received
+            while self._pending:
+                self._echo(self._pending.popleft()[1], played=False, at=at)
+
+    def _on_mark(self, name: str, at: float) -> None:
+        # The audio that came since the previous mark is this mark's reply's, including
+        # any of it that already played (a tick may fall between a media and its mark).
+        parsed = parse_mark(name)
+        reply_id = parsed[0] if parsed is not None else 0
+        for item in self._unlabelled:
+            item.reply_id = reply_id
+            for index, n in item.pieces:
+                self.recording._reply[index : index + n] = reply_id
+        self._unlabelled.clear()
+        if self._received <= self._finished:
+            self._echo(name, played=True, at=at)
+        else:
+            self._pending.append((self._received, name))
