@@ -1,8 +1,12 @@
 """The ``bargein`` command.
 
 - ``bargein bench SCENARIO_DIR --clock virtual --out results.json``: run a scenario set;
+  with ``--target ws://HOST:PORT/ws``, against a running server, measured at its far end;
 - ``bargein scenarios DEST``: generate the built-in public scenario set;
-- ``bargein demo``: generate the built-in set (once) and benchmark it on the virtual clock;
+- ``bargein serve [--bench] [--token T]``: the demo page and the WebSocket protocol;
+- ``bargein demo``: the same, opening the page in a browser: talk to it, interrupt it;
+- ``bargein bench-demo``: generate the built-in set (once) and benchmark it on the
+  virtual clock;
 - ``bargein diagram``: print the policy's state diagram (Mermaid);
 - ``bargein chat [--text] [--llm local|URL]``: talk to an agent, by voice or by typing.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +54,40 @@ def _bench_llm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_target(args: argparse.Namespace) -> int:
+    from bargein.bench.far_end import TargetError, run_target_set
+    from bargein.bench.runner import print_report
+    from bargein.scenario import ScenarioError
+
+    engine_options = (
+        args.restart_policy != "respond",
+        args.no_loudness_onset,
+        args.transcripts,
+        args.no_preemptive,
+    )
+    if any(engine_options):
+        print(
+            "note: --restart-policy, --no-loudness-onset, --transcripts and --no-preemptive "
+            "configure the in-process engine; with --target the server's settings apply",
+            file=sys.stderr,
+        )
+    try:
+        results = run_target_set(
+            Path(args.scenario_dir), args.target, token=args.token, only=args.only or ()
+        )
+    except (ScenarioError, TargetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}", file=sys.stderr)
+    print_report(results)
+    return 1 if results["errors"] else 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.target:
+        return _bench_target(args)
     from bargein.bench.runner import RunOptions, default_stack, print_report, run_set
     from bargein.scenario import ScenarioError
 
@@ -84,13 +122,51 @@ def _scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _bench_demo(args: argparse.Namespace) -> int:
     from bargein.builtin_set import generate_builtin_set
 
     print(f"Preparing the built-in scenario set in {args.dest} ...", file=sys.stderr)
     generate_builtin_set(Path(args.dest))
     # Parsed like the command line, so every bench option keeps its default.
     return _bench(build_parser().parse_args(["bench", args.dest, "--out", args.out]))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bargein.server import create_app, default_stack, run_server
+
+    if args.llm != "local" and not args.llm.startswith(("http://", "https://")):
+        print(
+            f"error: --llm must be 'local' or an http(s):// URL, got {args.llm!r}", file=sys.stderr
+        )
+        return 2
+    token = args.token or os.environ.get("BARGEIN_TOKEN") or None
+    app = create_app(
+        lambda: default_stack(
+            args.llm, args.model, args.api_key, transcripts=not args.no_transcripts
+        ),
+        token=token,
+        bench=args.bench,
+    )
+    open_browser = args.command == "demo" and not args.no_browser
+
+    def started(address: str) -> None:
+        url = f"{address}/" + (f"?token={token}" if token else "")
+        print(f"bargein: serving on {url}  (Ctrl-C stops)", file=sys.stderr)
+        print("The models load in the background; the page is ready meanwhile.", file=sys.stderr)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops
+        run_server(
+            app,
+            args.host,
+            args.port,
+            on_started=started,
+            log_level="info" if args.verbose else "warning",
+        )
+    return 0
 
 
 def _diagram(_: argparse.Namespace) -> int:
@@ -143,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start each reply only once the user's turn has certainly ended",
     )
+    bench.add_argument(
+        "--target",
+        metavar="URL",
+        help="measure a running server as the user's device would: ws://HOST:PORT/ws "
+        "(docs/protocol.md; the server must run with --bench) or twilio+ws://...; implies "
+        "--clock real",
+    )
+    bench.add_argument(
+        "--token",
+        default=os.environ.get("BARGEIN_TOKEN"),
+        help="the target's access token (default: $BARGEIN_TOKEN)",
+    )
     bench.set_defaults(func=_bench)
 
     llm_bench = sub.add_parser(
@@ -164,10 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     scen.add_argument("--force", action="store_true", help="regenerate even if up to date")
     scen.set_defaults(func=_scenarios)
 
-    demo = sub.add_parser("demo", help="benchmark the built-in set on the virtual clock")
-    demo.add_argument("--dest", default=str(DEFAULT_SET_DIR))
-    demo.add_argument("--out", default="results.json")
-    demo.set_defaults(func=_demo)
+    for name, description in (
+        ("serve", "serve the demo page and the WebSocket protocol (docs/protocol.md)"),
+        ("demo", "serve the demo page and open it in a browser: talk to the agent"),
+    ):
+        serve = sub.add_parser(name, help=description)
+        _add_serve_options(serve)
+        if name == "demo":
+            serve.add_argument(
+                "--no-browser", action="store_true", help="only print the page's address"
+            )
+        serve.set_defaults(func=_serve)
+
+    bench_demo = sub.add_parser(
+        "bench-demo", help="benchmark the built-in set on the virtual clock"
+    )
+    bench_demo.add_argument("--dest", default=str(DEFAULT_SET_DIR))
+    bench_demo.add_argument("--out", default="results.json")
+    bench_demo.set_defaults(func=_bench_demo)
 
     diagram = sub.add_parser("diagram", help="print the policy's state diagram")
     diagram.set_defaults(func=_diagram)
@@ -207,6 +309,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.set_defaults(func=_chat)
     return parser
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--token",
+        help="clients must send this token in their hello (default: $BARGEIN_TOKEN; none)",
+    )
+    parser.add_argument(
+        "--bench",
+        action="store_true",
+        help="accept the benchmark hook (bench_reply, request_reply) from clients",
+    )
+    parser.add_argument(
+        "--llm",
+        default="local",
+        metavar="local|URL",
+        help="'local' (embedded Gemma 3 270M, the default) or the base URL of an "
+        "OpenAI-compatible server",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="with --llm local: a .gguf file to load instead; with a URL: the model name",
+    )
+    parser.add_argument("--api-key", dest="api_key", help="API key for the server at --llm URL")
+    parser.add_argument(
+        "--no-transcripts",
+        action="store_true",
+        help="answer the streaming recogniser's words instead of waiting for Whisper's "
+        "transcript (faster replies on a slow CPU, worse understanding)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

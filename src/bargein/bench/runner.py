@@ -21,23 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bargein.audio import last_audible
-from bargein.bench.metrics import (
-    MISSED_AFTER_S,
-    WINDOW_MS,
-    audible_window_times,
-    format_table,
-    state_word_errors,
-    summarize,
-)
+from bargein.bench.metrics import format_table, state_word_errors, summarize
+from bargein.bench.microphone import Microphone, microphone_for, stop_metrics
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import ClockKind, run, sleep_until
 from bargein.decider import Decider
 from bargein.policy import PolicyConfig, RestartPolicy
 from bargein.providers.base import (
-    FloatAudio,
     StreamingRecognizer,
     TextToSpeech,
     Transcriber,
@@ -96,76 +86,6 @@ class RunOptions:
     loudness_onset: bool = True
 
 
-@dataclass
-class _PlacedEvent:
-    audio: FloatAudio
-    start: int | None  # microphone sample index, once the anchor is known
-    onset_s: float  # where the sound starts inside the audio
-    anchor: str
-    at_s: float
-
-
-@dataclass
-class _Microphone:
-    events: list[_PlacedEvent]
-    echo_gain: float
-    echo_delay_s: float
-    speaker: SimulatedSpeaker
-    echo: bool
-    position: int = 0
-
-    def place(self, speech_anchor: float | None) -> None:
-        for ev in self.events:
-            if ev.start is not None:
-                continue
-            base = 0.0 if ev.anchor == "reply" else speech_anchor
-            if base is not None:
-                ev.start = round((base + ev.at_s) * MIC_RATE)
-
-    def frame(self, size: int) -> FloatAudio:
-        lo, hi = self.position, self.position + size
-        out = np.zeros(size, dtype=np.float32)
-        for ev in self.events:
-            if ev.start is None:
-                continue
-            a, b = max(lo, ev.start), min(hi, ev.start + len(ev.audio))
-            if a < b:
-                out[a - lo : b - lo] += ev.audio[a - ev.start : b - ev.start]
-        if self.echo:
-            t0, t1 = lo / MIC_RATE - self.echo_delay_s, hi / MIC_RATE - self.echo_delay_s
-            out += self.echo_gain * self.speaker.output_between(t0, t1, MIC_RATE)
-        self.position = hi
-        np.clip(out, -1.0, 1.0, out=out)
-        return out
-
-    def onset(self) -> float | None:
-        """Ground truth: where the first event's sound starts on the shared timeline."""
-        placed = [ev for ev in self.events if ev.start is not None]
-        if not placed:
-            return None
-        first = min(placed, key=lambda ev: ev.start or 0)
-        assert first.start is not None
-        return first.start / MIC_RATE + first.onset_s
-
-    def speech_end(self) -> float | None:
-        """Ground truth: where the last audible sound of the user's events ends."""
-        ends = []
-        for ev in self.events:
-            if ev.start is None:
-                return None
-            end = last_audible(ev.audio, MIC_RATE)
-            if end is not None:
-                ends.append(ev.start / MIC_RATE + end)
-        return max(ends, default=None)
-
-    def last_end(self) -> float | None:
-        if any(ev.start is None for ev in self.events):
-            return None
-        return max(
-            (((ev.start or 0) + len(ev.audio)) / MIC_RATE for ev in self.events), default=0.0
-        )
-
-
 async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) -> dict[str, Any]:
     speaker = SimulatedSpeaker(stack.tts.sample_rate, max_s=options.max_s + 5)
     llm = ScriptedLLM(
@@ -189,16 +109,7 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
         decider=options.decider_factory() if options.decider_factory else None,
         transcriber=stack.transcriber,
     )
-    mic = _Microphone(
-        events=[
-            _PlacedEvent(ev.load(MIC_RATE), None, ev.onset_in_audio(), ev.anchor, ev.at_s)
-            for ev in scenario.events
-        ],
-        echo_gain=10 ** (scenario.echo.gain_db / 20) if scenario.echo else 0.0,
-        echo_delay_s=scenario.echo.delay_ms / 1000 if scenario.echo else 0.0,
-        speaker=speaker,
-        echo=scenario.echo is not None,
-    )
+    mic = microphone_for(scenario, speaker, MIC_RATE)
     async with session:
         speaker.on_playout = session.playout
         stop = asyncio.Event()
@@ -223,7 +134,7 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
 def _finished(
     session: Session,
     speaker: SimulatedSpeaker,
-    mic: _Microphone,
+    mic: Microphone,
     t: float,
     options: RunOptions,
     origin: float,
@@ -262,29 +173,16 @@ def _measure(
     scenario: Scenario,
     session: Session,
     speaker: SimulatedSpeaker,
-    mic: _Microphone,
+    mic: Microphone,
     origin: float,
 ) -> dict[str, Any]:
-    rate = speaker.sample_rate
-    end = speaker.rendered
-    ours = np.where(speaker.reply_at[:end] == 1, speaker.recording[:end], 0.0)
-    audible = audible_window_times(ours.astype(np.float32), rate)
-    window = WINDOW_MS / 1000.0
     onset = mic.onset()
     reply = session.replies.get(1)
     interrupted = reply is not None and reply.cancelled_at is not None
     expect_interrupt = scenario.expect == "interrupt"
-
-    stop_latency: float | None = None
-    missed = False
-    if expect_interrupt:
-        if onset is not None:
-            last = float(audible[-1]) + window if len(audible) else None
-            stop_latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
-            late = audible[audible >= onset + MISSED_AFTER_S]
-            missed = bool(len(late)) or not interrupted
-        else:
-            missed = not interrupted
+    stop = stop_metrics(
+        speaker, 1, onset, expect_interrupt=expect_interrupt, interrupted=interrupted
+    )
 
     heard = reply.tracker.heard_text(speaker.played.get(1, 0)) if reply else ""
     recorded = session.recorded.get(1, "")
@@ -311,8 +209,8 @@ def _measure(
         "kind": scenario.kind,
         "expect": scenario.expect,
         "onset_s": onset,
-        "stop_latency_ms": stop_latency,
-        "missed": missed,
+        "stop_latency_ms": stop.stop_latency_ms,
+        "missed": stop.missed,
         "interrupted": interrupted,
         "false_interruption": scenario.expect == "continue" and interrupted,
         "paused_ms": speaker.paused_s.get(1, 0.0) * 1000 if not expect_interrupt else None,

@@ -1,0 +1,143 @@
+"""The user's side of a benchmark run: what reaches the microphone, and what the ear measures.
+
+Both runners (the in-process one and the far end that plays the user's device against a
+server) must place a scenario's sounds and judge the agent's stop by exactly the same
+rules, or their figures could not be compared. So the placement and the stop measurement
+live here, once, and each runner only supplies its own loudspeaker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bargein.audio import last_audible
+from bargein.bench.metrics import MISSED_AFTER_S, WINDOW_MS, audible_window_times
+from bargein.bench.speaker import SimulatedSpeaker
+from bargein.providers.base import FloatAudio
+from bargein.scenario import Scenario
+
+
+@dataclass
+class PlacedEvent:
+    audio: FloatAudio
+    start: int | None  # microphone sample index, once the anchor is known
+    onset_s: float  # where the sound starts inside the audio
+    anchor: str
+    at_s: float
+
+
+@dataclass
+class Microphone:
+    """The microphone signal of one run; sample 0 is the moment the reply was requested.
+
+    Events anchored to the agent's speech cannot be placed until the ear has heard that
+    speech, so :meth:`place` is called before every frame with what is known so far.
+    """
+
+    events: list[PlacedEvent]
+    echo_gain: float
+    echo_delay_s: float
+    speaker: SimulatedSpeaker
+    echo: bool
+    rate: int = 16000
+    position: int = 0
+
+    def place(self, speech_anchor: float | None) -> None:
+        for ev in self.events:
+            if ev.start is not None:
+                continue
+            base = 0.0 if ev.anchor == "reply" else speech_anchor
+            if base is not None:
+                ev.start = round((base + ev.at_s) * self.rate)
+
+    def frame(self, size: int) -> FloatAudio:
+        lo, hi = self.position, self.position + size
+        out = np.zeros(size, dtype=np.float32)
+        for ev in self.events:
+            if ev.start is None:
+                continue
+            a, b = max(lo, ev.start), min(hi, ev.start + len(ev.audio))
+            if a < b:
+                out[a - lo : b - lo] += ev.audio[a - ev.start : b - ev.start]
+        if self.echo:
+            t0, t1 = lo / self.rate - self.echo_delay_s, hi / self.rate - self.echo_delay_s
+            out += self.echo_gain * self.speaker.output_between(t0, t1, self.rate)
+        self.position = hi
+        np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+    def onset(self) -> float | None:
+        """Ground truth: where the first event's sound starts on the shared timeline."""
+        placed = [ev for ev in self.events if ev.start is not None]
+        if not placed:
+            return None
+        first = min(placed, key=lambda ev: ev.start or 0)
+        assert first.start is not None
+        return first.start / self.rate + first.onset_s
+
+    def speech_end(self) -> float | None:
+        """Ground truth: where the last audible sound of the user's events ends."""
+        ends = []
+        for ev in self.events:
+            if ev.start is None:
+                return None
+            end = last_audible(ev.audio, self.rate)
+            if end is not None:
+                ends.append(ev.start / self.rate + end)
+        return max(ends, default=None)
+
+    def last_end(self) -> float | None:
+        if any(ev.start is None for ev in self.events):
+            return None
+        return max(
+            (((ev.start or 0) + len(ev.audio)) / self.rate for ev in self.events), default=0.0
+        )
+
+
+def microphone_for(scenario: Scenario, speaker: SimulatedSpeaker, rate: int) -> Microphone:
+    """The scenario's events, loaded at ``rate``, with its echo fed from ``speaker``."""
+    return Microphone(
+        events=[
+            PlacedEvent(ev.load(rate), None, ev.onset_in_audio(), ev.anchor, ev.at_s)
+            for ev in scenario.events
+        ],
+        echo_gain=10 ** (scenario.echo.gain_db / 20) if scenario.echo else 0.0,
+        echo_delay_s=scenario.echo.delay_ms / 1000 if scenario.echo else 0.0,
+        speaker=speaker,
+        echo=scenario.echo is not None,
+        rate=rate,
+    )
+
+
+@dataclass(frozen=True)
+class StopMetrics:
+    stop_latency_ms: float | None
+    missed: bool
+
+
+def stop_metrics(
+    speaker: SimulatedSpeaker,
+    reply_id: int,
+    onset: float | None,
+    *,
+    expect_interrupt: bool,
+    interrupted: bool,
+) -> StopMetrics:
+    """SCENARIOS.md's stop latency and ``missed``, from what ``speaker`` actually emitted.
+
+    Only the reply's own samples count: the answer to the interruption is not the agent
+    failing to stop.
+    """
+    if not expect_interrupt:
+        return StopMetrics(None, False)
+    if onset is None:
+        return StopMetrics(None, not interrupted)
+    end = speaker.rendered
+    ours = np.where(speaker.reply_at[:end] == reply_id, speaker.recording[:end], 0.0)
+    audible = audible_window_times(ours.astype(np.float32), speaker.sample_rate)
+    last = float(audible[-1]) + WINDOW_MS / 1000.0 if len(audible) else None
+    latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
+    late = audible[audible >= onset + MISSED_AFTER_S]
+    return StopMetrics(latency, bool(len(late)) or not interrupted)
