@@ -17,7 +17,11 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF \
 	-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: demo test lint setup clean
+# The browser test drives Debian's Chromium (no browser can be downloaded here).
+CHROMIUM := /usr/lib/chromium/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint setup clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +44,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
-test: lint
+browser:
+	@[ -x $(CHROMIUM) ] || { echo "installing Debian's chromium for the browser test"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: lint browser
 	$(BIN)/pytest
 
 clean:
