@@ -455,3 +455,25 @@ def test_a_failing_transcriber_leaves_the_recogniser_s_words() -> None:
     assert session.conversation.messages[0].content == "what about tuesday"
     assert session.errors == ["transcriber: RuntimeError: model gone"]
     assert llm.streams[0].emitted_at  # the reply went ahead
+
+
+def test_a_report_that_comes_after_the_cut_recuts_to_what_was_really_heard() -> None:
+    session, speaker, _, _ = make([WHAT_ABOUT_TUESDAY])
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=2.4)
+            # A remote player's last report, sent after the clear, arrives late: two more
+            # words had played than the session knew when it cut.
+            cut_at = speaker.played[1]
+            session.playout(1, cut_at + 2 * WORD_SAMPLES)
+            session.playout(1, cut_at)  # an older, smaller report changes nothing
+
+    run(main(), "virtual")
+    played = speaker.played[1] + 2 * WORD_SAMPLES
+    words = AGENT.split()
+    heard = " ".join(w for i, w in enumerate(words) if played >= (i + 0.5) * WORD_SAMPLES)
+    assert session.recorded[1] == heard
+    assert session.conversation.messages[0].content == heard
+    assert session.conversation.messages[0].interrupted
+    assert session.timeline[0].heard_text == heard == session.timeline[0].recorded_text

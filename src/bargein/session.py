@@ -134,6 +134,9 @@ class Reply:
     """Audio of a preemptive reply made before its release."""
     user_turn: tuple[ReplyMode, str] | None = None
     """The user's words this reply answers, not yet in the conversation."""
+    cut: tuple[int | None, int] | None = None
+    """After a truncation: the index of the recorded message (None: nothing was heard)
+    and the cursor it was cut at."""
     turn_message: tuple[int, str] | None = None
     """Where the user's turn went in the conversation: message index, text before it."""
     transcript: asyncio.Task[None] | None = None
@@ -278,6 +281,8 @@ class Session:
         if reply is None:
             raise ValueError(f"playout report for unknown reply {reply_id}")
         reply.played = played
+        if reply.cut is not None and played > reply.cut[1]:
+            self._recut(reply, played)
         complete = reply.generated and played >= reply.tracker.total_samples
         self._handle(Playout(self.now(), reply_id, played, complete))
 
@@ -511,8 +516,11 @@ class Session:
             reply.user_turn = None
         heard = reply.tracker.heard_text(played)
         self.recorded[reply_id] = heard
+        index = None
         if heard:
             self.conversation.add_assistant(heard, interrupted=True)
+            index = len(self.conversation.messages) - 1
+        reply.cut = (index, played)
         heard_count = len(heard.split())
         unsaid = " ".join(reply.text.split()[heard_count:])
         self._interrupted[reply_id] = InterruptedReply(heard=heard, unsaid=unsaid)
@@ -524,6 +532,29 @@ class Session:
         if reply.error is not None:
             self.errors.append(f"reply {reply_id}: {reply.error}")
         self._complete_record(reply)
+
+    def _recut(self, reply: Reply, played: int) -> None:
+        """A report that arrives after the cut says more was heard: record that instead.
+
+        A remote player's cursor reaches the session a report interval and a network
+        delay late, and a commit can come before the report sent right after the clear;
+        that report is the truth of where the audio stopped.
+        """
+        assert reply.cut is not None
+        index, _ = reply.cut
+        reply.cut = (index, played)
+        heard = reply.tracker.heard_text(played)
+        if index is None or heard == self.recorded.get(reply.reply_id):
+            return  # nothing was recorded at the cut, or the words did not change
+        self.recorded[reply.reply_id] = heard
+        message = self.conversation.messages[index]
+        self.conversation.messages[index] = replace(message, content=heard)
+        unsaid = " ".join(reply.text.split()[len(heard.split()) :])
+        self._interrupted[reply.reply_id] = InterruptedReply(heard=heard, unsaid=unsaid)
+        record = self._record_for(reply.reply_id)
+        if record is not None and record.decision == "commit":
+            record.heard_text = record.recorded_text = heard
+        self._log_event("recut", reply.reply_id, played=played, heard=heard)
 
     async def _run_reply(self, reply: Reply, action: StartReply) -> None:
         try:
