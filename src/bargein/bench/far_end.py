@@ -60,6 +60,7 @@ from bargein.words import normalize_for_wer, word_edit_distance
 
 __all__ = [
     "DEFAULT_SYLLABLES_PER_S",
+    "CannotConnect",
     "FarEndOptions",
     "FarEndRun",
     "Player",
@@ -89,8 +90,11 @@ class ScenarioAborted(RuntimeError):
     """One scenario could not finish (the server closed, or never answered); the set goes on."""
 
 
-class _CannotConnect(ScenarioAborted):
-    pass
+class CannotConnect(ScenarioAborted):
+    """The target could not be reached: fatal for the set if no scenario has reached it."""
+
+
+_CannotConnect = CannotConnect
 
 
 @dataclass
@@ -269,7 +273,12 @@ def settle_heard_text(results: Sequence[dict[str, Any]], texts: Mapping[str, str
             method = "default_speaking_rate"
         r["heard_text"] = estimate_heard_text(text, float(r["agent_played_s"]), rate)
         r["heard_text_method"] = method
-        r["state_word_errors"] = state_word_errors(r["heard_text"], r.get("recorded_text", ""))
+        # A far end that cannot see the conversation (a phone line) has no recorded text:
+        # then the error count is unknown, not zero.
+        recorded = r.get("recorded_text", "")
+        r["state_word_errors"] = (
+            None if recorded is None else state_word_errors(r["heard_text"], recorded)
+        )
 
 
 # -- what the server said -----------------------------------------------------------------

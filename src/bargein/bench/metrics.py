@@ -76,8 +76,8 @@ def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "stop_latency_ms": _stats(r["stop_latency_ms"] for r in interrupt),
             "paused_ms": _stats(r["paused_ms"] for r in cont),
             "decision_ms": _stats(r.get("decision_ms") for r in rows),
-            "state_word_errors": sum(int(r["state_word_errors"]) for r in rows),
-            "llm_tokens_after_cancel": sum(int(r["llm_tokens_after_cancel"]) for r in rows),
+            "state_word_errors": _total(r["state_word_errors"] for r in rows),
+            "llm_tokens_after_cancel": _total(r["llm_tokens_after_cancel"] for r in rows),
             "response_ms": _stats(r.get("response_ms") for r in rows),
             "preemptive_calls": sum(int(r.get("preemptive_calls") or 0) for r in rows),
             "preemptive_discarded": sum(int(r.get("preemptive_discarded") or 0) for r in rows),
@@ -87,6 +87,13 @@ def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             ),
         }
     return summary
+
+
+def _total(values: Iterable[int | None]) -> int | None:
+    """The sum of the counts that were observed; None when none was (a phone far end
+    cannot see the conversation or the LLM, and an unknown is not a zero)."""
+    known = [int(v) for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _rate(n: int, d: int) -> float | None:
@@ -132,8 +139,8 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 _fmt(s["stop_latency_ms"]["max"]),
                 _fmt(s["paused_ms"]["p95"]),
                 _fmt(s["decision_ms"]["p95"]),
-                str(s["state_word_errors"]),
-                str(s["llm_tokens_after_cancel"]),
+                _fmt(s["state_word_errors"]),
+                _fmt(s["llm_tokens_after_cancel"]),
                 _fmt(s["response_ms"]["p50"]),
                 f"{s['preemptive_discarded']}/{s['preemptive_calls']}",
                 "-" if s["user_turn_wer"] is None else f"{100 * s['user_turn_wer']:.0f}%",

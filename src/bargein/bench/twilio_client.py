@@ -39,15 +39,38 @@ from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from bargein.audio import last_audible
+from bargein.bench.far_end import (
+    CannotConnect,
+    FarEndOptions,
+    ScenarioAborted,
+    TargetError,
+    settle_heard_text,
+)
+from bargein.bench.metrics import MISSED_AFTER_S, WINDOW_MS, audible_window_times
+from bargein.bench.microphone import Microphone, microphone_for
+from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
 from bargein.providers.base import FloatAudio
+from bargein.scenario import Scenario
+from bargein.session import describe_error
 from bargein.transports import mulaw
 from bargein.transports.twilio import FRAME_SAMPLES, WIRE_RATE, parse_mark
 
-__all__ = ["MIC_RATE", "EchoedMark", "FarEndRecording", "Mic", "Received", "TwilioFarEnd"]
+__all__ = [
+    "MIC_RATE",
+    "UNOBSERVABLE",
+    "EchoedMark",
+    "FarEndRecording",
+    "Mic",
+    "Received",
+    "TwilioFarEnd",
+    "measure_twilio_call",
+    "run_twilio_call",
+    "run_twilio_scenario",
+]
 
 MIC_RATE = 16000
 TICK_S = FRAME_SAMPLES / WIRE_RATE
@@ -265,6 +288,11 @@ class TwilioFarEnd:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing received is left to play, and every mark has been echoed."""
+        return not self._queue and not self._pending
+
     async def wait_closed(self, timeout: float) -> bool:
         """Wait for the server to close the socket; False if it has not within ``timeout``."""
         with contextlib.suppress(TimeoutError):
@@ -417,3 +445,268 @@ class TwilioFarEnd:
             self._echo(name, played=True, at=at)
         else:
             self._pending.append((self._received, name))
+
+
+# -- the benchmark over a phone line ----------------------------------------------------
+
+AUDIBLE = 10 ** (-45.0 / 20)
+"""The first sound of a reply is its first sample above -45 dBFS, as on the other ears."""
+
+UNOBSERVABLE = {
+    "recorded_text": "Media Streams carries no transcripts: the conversation is not visible",
+    "state_word_errors": "needs recorded_text",
+    "decision": "the server's decision is not on the wire; only its clears are",
+    "decision_ms": "a pause and a cut look alike (a clear); see first_clear_ms",
+    "llm_tokens_after_cancel": "the server's LLM is not visible",
+    "user_turn_text": "no transcripts of the caller come back over Media Streams",
+    "timeline": "the server's records are not sent over Media Streams",
+    "cursor_lag_ms": "the server's playout cursor is not sent over Media Streams",
+}
+"""What a caller cannot know, and why: each result carries this instead of a guess."""
+
+
+class _EchoSource(SimulatedSpeaker):
+    """Lets the shared :class:`Microphone` take its echo from what the phone played."""
+
+    def __init__(self, recording: FarEndRecording) -> None:
+        super().__init__(WIRE_RATE, max_s=0.0)
+        self._played = recording
+
+    def output_between(self, t0: float, t1: float, rate: int) -> FloatAudio:
+        return self._played.output_between(t0, t1, rate)
+
+
+@dataclass
+class _Watch:
+    """What the call has shown so far, kept up to date every 20 ms for the stop rule.
+
+    Without transcripts the only sign of a cut is on the wire: a ``clear`` after which
+    no more of reply 1 came (a pause is a clear too, but its audio is sent again on
+    resume). A clear only counts while no later reply has started, since the answer
+    to an interruption may be cleared in its own turn.
+    """
+
+    recording: FarEndRecording
+    seen: int = 0
+    scanned: int = 0
+    last_mark: dict[int, float] = field(default_factory=dict)
+    last_mark_name: dict[int, str] = field(default_factory=dict)
+    later_reply_at: float | None = None
+    cut_at: float | None = None
+    first_sound: dict[int, float] = field(default_factory=dict)
+
+    def update(self) -> None:
+        rec = self.recording
+        for item in rec.received[self.seen :]:
+            if item.event == "mark":
+                parsed = parse_mark(item.name)
+                rid = parsed[0] if parsed is not None else 0
+                self.last_mark[rid] = item.at
+                self.last_mark_name[rid] = item.name
+                if rid > 1 and self.later_reply_at is None:
+                    self.later_reply_at = item.at
+                if rid == 1:
+                    self.cut_at = None  # the reply goes on: that clear was a pause
+            elif item.event == "clear" and 1 in self.last_mark and self.later_reply_at is None:
+                self.cut_at = item.at
+        self.seen = len(rec.received)
+        # Rescan a little: played audio is labelled with its reply once its mark arrives.
+        start = max(0, self.scanned - 2 * FRAME_SAMPLES)
+        audio, replies = rec.audio[start:], rec.reply_at[start:]
+        for index in np.flatnonzero((np.abs(audio) > AUDIBLE) & (replies > 0)):
+            rid = int(replies[index])
+            at = (start + int(index)) / rec.sample_rate
+            if at < self.first_sound.get(rid, math.inf):
+                self.first_sound[rid] = at
+        self.scanned = rec.rendered
+
+    def answer_at(self) -> float | None:
+        """When the first later reply (the answer to an interruption) was first heard."""
+        later = [at for rid, at in self.first_sound.items() if rid > 1]
+        return min(later) if later else None
+
+
+def _stop_metrics(
+    recording: FarEndRecording, onset: float | None, *, expect_interrupt: bool, interrupted: bool
+) -> tuple[float | None, bool]:
+    """:func:`bargein.bench.microphone.stop_metrics` at the phone's ear: same windows,
+    same threshold, same ``missed`` rule, over the 8 kHz recording of reply 1."""
+    if not expect_interrupt:
+        return None, False
+    if onset is None:
+        return None, not interrupted
+    ours = np.where(recording.reply_at == 1, recording.audio, np.float32(0))
+    audible = audible_window_times(ours.astype(np.float32), recording.sample_rate)
+    last = float(audible[-1]) + WINDOW_MS / 1000.0 if len(audible) else None
+    latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
+    late = audible[audible >= onset + MISSED_AFTER_S]
+    return latency, bool(len(late)) or not interrupted
+
+
+def _paused_ms(recording: FarEndRecording) -> float:
+    """Silence inside reply 1 that a ``clear`` caused: what a pause is on a phone line.
+
+    Gaps where the phone had nothing of reply 1 to play, between its first and last
+    played sample, count when a clear arrived just before or during them (an underrun
+    of a slow server is not a pause).
+    """
+    ours = np.flatnonzero(recording.reply_at == 1)
+    if len(ours) == 0 or not recording.clears:
+        return 0.0
+    rate = recording.sample_rate
+    gaps = np.flatnonzero(recording.reply_at[ours[0] : ours[-1]] != 1) + ours[0]
+    if len(gaps) == 0:
+        return 0.0
+    breaks = np.flatnonzero(np.diff(gaps) > 1)
+    starts = np.concatenate([[gaps[0]], gaps[breaks + 1]])
+    ends = np.concatenate([gaps[breaks], [gaps[-1]]]) + 1
+    total = 0
+    for a, b in zip(starts, ends, strict=True):
+        if any(a / rate - 2 * TICK_S <= c <= b / rate for c in recording.clears):
+            total += int(b - a)
+    return total / rate * 1000
+
+
+async def run_twilio_call(
+    scenario: Scenario, url: str, *, token: str | None, options: FarEndOptions
+) -> tuple[FarEndRecording, Microphone, _Watch]:
+    """Play one scenario as a phone caller against ``url`` (``ws://.../twilio``), unmeasured.
+
+    The reply is requested at the ``start`` message, so the recording's clock (from
+    the connection) is the microphone's timeline too, give or take a few milliseconds.
+    Raises :class:`TargetError` for a refused token or a server that never speaks
+    (not run with ``--bench``), :class:`CannotConnect` and :class:`ScenarioAborted`.
+    """
+    parameters = {"bench_reply": scenario.agent_text, "request_reply": "1"}
+    if token is not None:
+        parameters["token"] = token
+    far = TwilioFarEnd(url, parameters=parameters)
+    try:
+        await asyncio.wait_for(far.__aenter__(), options.open_timeout_s)
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        raise CannotConnect(f"cannot connect to {url}: {describe_error(exc)}") from exc
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_exit(far)
+        recording = far.recording
+        mic = microphone_for(scenario, _EchoSource(recording), MIC_RATE)
+        watch = _Watch(recording)
+        frame = 2 * FRAME_SAMPLES
+
+        def speak(t: float) -> FloatAudio:
+            watch.update()
+            mic.place(watch.first_sound.get(1))
+            behind = round(t * mic.rate) - mic.position
+            if behind > 0:  # the first frame starts after time 0: skip to it
+                mic.frame(behind)
+            return mic.frame(frame)
+
+        def settled(rec: FarEndRecording) -> bool:
+            watch.update()
+            t = far.now()
+            last = mic.last_end()
+            answer = watch.answer_at()
+            if answer is not None:
+                return t >= answer + options.linger_s
+            if watch.cut_at is not None:
+                return last is not None and t >= last and t - watch.cut_at > options.answer_wait_s
+            if 1 not in watch.last_mark:
+                if not rec.received and t > options.open_timeout_s:
+                    raise TargetError(
+                        f"{url} sent no audio within {options.open_timeout_s:g} s of "
+                        "request_reply: the server must run with --bench"
+                    )
+                return False
+            quiet = t - watch.last_mark[1] >= options.settle_s and far.idle
+            return quiet and last is not None and t >= last + options.settle_s
+
+        await far.run(speak, until_s=options.max_s, stop=settled)
+        watch.update()
+        if far.closed:
+            if recording.close_code == 4401:
+                raise TargetError(f"{url} refused the token (give it with --token)")
+            raise ScenarioAborted(
+                f"the server closed the call mid-scenario at {recording.closed_at or 0:.2f} s: "
+                f"code {recording.close_code}"
+            )
+    return recording, mic, watch
+
+
+def measure_twilio_call(
+    scenario: Scenario, target: str, recording: FarEndRecording, mic: Microphone, watch: _Watch
+) -> dict[str, Any]:
+    """The scenario's results entry at the caller's ear; unknowables are None (see
+    :data:`UNOBSERVABLE`, which the entry carries as ``unobservable``)."""
+    onset = mic.onset()
+    interrupted = watch.cut_at is not None
+    expect_interrupt = scenario.expect == "interrupt"
+    latency, missed = _stop_metrics(
+        recording, onset, expect_interrupt=expect_interrupt, interrupted=interrupted
+    )
+    played = len(recording.played(1))
+    last_name = watch.last_mark_name.get(1)
+    # Complete: the reply's last mark was echoed as played, not dropped by a clear.
+    complete = not interrupted and any(
+        m.name == last_name and m.played for m in recording.marks if last_name is not None
+    )
+    answer = watch.answer_at() if interrupted else None
+    speech_end = mic.speech_end()
+    response_ms = None
+    if answer is not None and speech_end is not None:
+        response_ms = (answer - speech_end) * 1000
+    first_clear = next((c for c in recording.clears if onset is not None and c >= onset), None)
+    first_clear_ms = None
+    if first_clear is not None and onset is not None:
+        first_clear_ms = (first_clear - onset) * 1000
+    result: dict[str, Any] = {
+        "name": scenario.name,
+        "kind": scenario.kind,
+        "expect": scenario.expect,
+        "onset_s": onset,
+        "stop_latency_ms": latency,
+        "missed": missed,
+        "interrupted": interrupted,
+        "false_interruption": scenario.expect == "continue" and interrupted,
+        "paused_ms": _paused_ms(recording) if not expect_interrupt else None,
+        "heard_text": "",
+        "recorded_text": None,
+        "state_word_errors": None,
+        "llm_tokens_after_cancel": None,
+        "decision": None,
+        "decision_reason": None,
+        "decision_ms": None,
+        "first_clear_ms": first_clear_ms,
+        "response_ms": response_ms,
+        "llm_calls": None,
+        "preemptive_calls": None,
+        "preemptive_discarded": None,
+        "user_turn_text": None,
+        "user_turn_words": None,
+        "user_turn_word_errors": None,
+        "timeline": [],
+        "timeline_clock": None,
+        "errors": [],
+        "target": target,
+        "heard_text_method": "estimate",
+        "agent_played_s": played / recording.sample_rate,
+        "agent_full_s": played / recording.sample_rate if complete else None,
+        "cursor_lag_ms": None,
+        "unobservable": dict(UNOBSERVABLE),
+    }
+    settle_heard_text([result], {scenario.name: scenario.agent_text})
+    return result
+
+
+async def run_twilio_scenario(
+    scenario: Scenario,
+    target: str,
+    *,
+    token: str | None = None,
+    options: FarEndOptions | None = None,
+) -> dict[str, Any]:
+    """One scenario's results entry for a ``twilio+ws(s)://`` target, measured at the
+    caller's ear (the far end's dispatch calls this for ``bargein bench --target``)."""
+    url = target.split("+", 1)[1] if target.lower().startswith("twilio+") else target
+    recording, mic, watch = await run_twilio_call(
+        scenario, url, token=token, options=options or FarEndOptions()
+    )
+    return measure_twilio_call(scenario, target, recording, mic, watch)
