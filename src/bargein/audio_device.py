@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -126,7 +126,29 @@ class _InFlight:
     length: int
 
 
-class SoundDeviceSink:
+class _Device:
+    """A PortAudio stream owner, usable as ``with device:`` (open, then always close)."""
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SoundDeviceSink(_Device):
     """The :class:`~bargein.session.AudioSink` for the computer's speakers.
 
     The session writes a reply's audio into a queue; the PortAudio callback takes exactly
@@ -317,20 +339,8 @@ class SoundDeviceSink:
         except Exception as exc:
             log.warning("could not restart the speaker after a flush: %s", exc)
 
-    def __enter__(self) -> SoundDeviceSink:
-        self.open()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Microphone:
+class Microphone(_Device):
     """16 kHz mono microphone blocks, delivered to ``on_audio`` on the event loop thread.
 
     The session runs its VAD and recogniser inside ``push_audio`` and is not thread-safe,
@@ -385,18 +395,6 @@ class Microphone:
     def close(self) -> None:
         stream, self._stream = self._stream, None
         _shut(stream)
-
-    def __enter__(self) -> Microphone:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _shut(stream: Any) -> None:

@@ -280,19 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="type instead of speaking (automatic when there is no sound device)",
     )
-    chat.add_argument(
-        "--llm",
-        default="local",
-        metavar="local|URL",
-        help="'local' (embedded Gemma 3 270M through llama.cpp, the default) or the base URL "
-        "of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1",
-    )
-    chat.add_argument(
-        "--model",
-        metavar="NAME_OR_PATH",
-        help="with --llm local: a .gguf file to load instead; with a URL: the model name",
-    )
-    chat.add_argument("--api-key", dest="api_key", help="API key for the server at --llm URL")
+    _add_llm_options(chat)
     chat.add_argument("--system", metavar="PROMPT", help="the agent's system prompt")
     on_error = chat.add_mutually_exclusive_group()
     on_error.add_argument(
@@ -311,6 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_llm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--llm",
+        default="local",
+        metavar="local|URL",
+        help="'local' (embedded Gemma 3 270M through llama.cpp, the default) or the base URL "
+        "of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="with --llm local: a .gguf file to load instead; with a URL: the model name",
+    )
+    parser.add_argument("--api-key", dest="api_key", help="API key for the server at --llm URL")
+
+
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8765)
@@ -323,19 +327,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept the benchmark hook (bench_reply, request_reply) from clients",
     )
-    parser.add_argument(
-        "--llm",
-        default="local",
-        metavar="local|URL",
-        help="'local' (embedded Gemma 3 270M, the default) or the base URL of an "
-        "OpenAI-compatible server",
-    )
-    parser.add_argument(
-        "--model",
-        metavar="NAME_OR_PATH",
-        help="with --llm local: a .gguf file to load instead; with a URL: the model name",
-    )
-    parser.add_argument("--api-key", dest="api_key", help="API key for the server at --llm URL")
+    _add_llm_options(parser)
     parser.add_argument(
         "--no-transcripts",
         action="store_true",
