@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from bargein.policy import RestartPolicy
 
@@ -56,7 +56,6 @@ def _bench_llm(args: argparse.Namespace) -> int:
 
 def _bench_target(args: argparse.Namespace) -> int:
     from bargein.bench.far_end import TargetError, run_target_set
-    from bargein.bench.runner import print_report
     from bargein.scenario import ScenarioError
 
     engine_options = (
@@ -78,6 +77,13 @@ def _bench_target(args: argparse.Namespace) -> int:
     except (ScenarioError, TargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return _report(args, results)
+
+
+def _report(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """Write the results JSON if asked, print the table; non-zero if a scenario failed."""
+    from bargein.bench.runner import print_report
+
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {args.out}", file=sys.stderr)
@@ -88,7 +94,7 @@ def _bench_target(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.target:
         return _bench_target(args)
-    from bargein.bench.runner import RunOptions, default_stack, print_report, run_set
+    from bargein.bench.runner import RunOptions, default_stack, run_set
     from bargein.scenario import ScenarioError
 
     options = RunOptions(
@@ -107,11 +113,7 @@ def _bench(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}", file=sys.stderr)
-    print_report(results)
-    return 1 if results["errors"] else 0
+    return _report(args, results)
 
 
 def _scenarios(args: argparse.Namespace) -> int:
