@@ -7,11 +7,15 @@ session's orchestration on a virtual clock, not the models' accuracy.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from bargein.audio import write_wav
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
 from bargein.providers.base import FloatAudio, SpeechChunk, WordTiming
@@ -155,3 +159,32 @@ async def drive(
         session.push_audio(mic(n * FRAME / RATE))
     stop.set()
     await task
+
+
+def write_scenario(
+    folder: Path,
+    name: str,
+    kind: str,
+    expect: str,
+    events: Sequence[dict[str, Any]],
+    agent_text: str,
+) -> None:
+    """One scenario file in the public format (echo off)."""
+    doc = {
+        "format": "bargein-scenario/1",
+        "name": name,
+        "kind": kind,
+        "expect": expect,
+        "agent_text": agent_text,
+        "events": list(events),
+        "echo": None,
+        "comment": "unknown fields are ignored",
+    }
+    (folder / f"{name}.json").write_text(json.dumps(doc))
+
+
+def loud_wav(path: Path, lead_s: float, length_s: float, rate: int = 16000) -> None:
+    """Silence for ``lead_s``, then a steady loud sound for ``length_s``."""
+    audio = np.zeros(int((lead_s + length_s) * rate), dtype=np.float32)
+    audio[int(lead_s * rate) :] = 0.3
+    write_wav(path, audio, rate)

@@ -6,36 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from bargein.audio import write_wav
 from bargein.bench.metrics import format_table, percentile, state_word_errors, summarize
 from bargein.bench.runner import RunOptions, Stack, run_set
 from bargein.cli import main as cli_main
-from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS
+from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS, loud_wav, write_scenario
 
 AGENT = " ".join(f"word{i}." if i % 6 == 5 else f"word{i}" for i in range(40))
 
 
 def scenario(folder: Path, name: str, kind: str, expect: str, events: list[dict[str, Any]]) -> None:
-    doc = {
-        "format": "bargein-scenario/1",
-        "name": name,
-        "kind": kind,
-        "expect": expect,
-        "agent_text": AGENT,
-        "events": events,
-        "echo": None,
-        "comment": "unknown fields are ignored",
-    }
-    (folder / f"{name}.json").write_text(json.dumps(doc))
-
-
-def loud_wav(path: Path, lead_s: float, length_s: float, rate: int = 16000) -> None:
-    audio = np.zeros(int((lead_s + length_s) * rate), dtype=np.float32)
-    audio[int(lead_s * rate) :] = 0.3
-    write_wav(path, audio, rate)
+    write_scenario(folder, name, kind, expect, events, AGENT)
 
 
 @pytest.fixture()

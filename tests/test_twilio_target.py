@@ -9,7 +9,6 @@ far end runs in real time, so the scenarios are a couple of seconds each.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from bargein.bench.metrics import format_table
 from bargein.providers.scripted import ScriptedLLM
 from bargein.server import create_app, serve_in_background
 from bargein.transports.stack import AgentStack
-from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS
+from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS, write_scenario
 
 TOKEN = "sesame"
 WORDS = ["apple", "river", "paper", "summer", "window"]
@@ -30,16 +29,7 @@ AGENT = " ".join(f"{w}." if i % 5 == 4 else w for i, w in enumerate(WORDS * 4))
 
 
 def scenario(folder: Path, name: str, kind: str, expect: str, events: list[Any]) -> None:
-    doc = {
-        "format": "bargein-scenario/1",
-        "name": name,
-        "kind": kind,
-        "expect": expect,
-        "agent_text": AGENT,
-        "events": events,
-        "echo": None,
-    }
-    (folder / f"{name}.json").write_text(json.dumps(doc))
+    write_scenario(folder, name, kind, expect, events, AGENT)
 
 
 def test_a_phone_caller_barges_in_and_a_quiet_call_plays_to_the_end(tmp_path: Path) -> None:
