@@ -50,13 +50,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from bargein.audio import from_int16, to_int16
 from bargein.bench.metrics import state_word_errors, summarize
-from bargein.bench.microphone import Microphone, microphone_for, stop_metrics
+from bargein.bench.microphone import (
+    Microphone,
+    ear_fields,
+    microphone_for,
+    stop_metrics,
+    user_turn_fields,
+)
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
 from bargein.providers.base import FloatAudio
 from bargein.scenario import Scenario, load_set
 from bargein.session import describe_error
-from bargein.words import normalize_for_wer, word_edit_distance
 
 __all__ = [
     "DEFAULT_SYLLABLES_PER_S",
@@ -356,24 +361,9 @@ class FarEndRun:
         speech_end = self.mic.speech_end()
         if answer is not None and speech_end is not None:
             response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
-        said = " ".join(ev.text for ev in scenario.events if ev.text)
         kept = server.users[max(server.users)] if server.users else ""
-        turn_words = len(normalize_for_wer(said)) if interrupted and said else 0
-        turn_errors = (
-            word_edit_distance(normalize_for_wer(said), normalize_for_wer(kept))
-            if turn_words
-            else 0
-        )
         result: dict[str, Any] = {
-            "name": scenario.name,
-            "kind": scenario.kind,
-            "expect": scenario.expect,
-            "onset_s": onset,
-            "stop_latency_ms": stop.stop_latency_ms,
-            "missed": stop.missed,
-            "interrupted": interrupted,
-            "false_interruption": scenario.expect == "continue" and interrupted,
-            "paused_ms": speaker.paused_s.get(1, 0.0) * 1000 if not expect_interrupt else None,
+            **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
             "heard_text": heard,
             "recorded_text": recorded,
             "state_word_errors": state_word_errors(heard, recorded),
@@ -388,9 +378,7 @@ class FarEndRun:
             "llm_calls": None,
             "preemptive_calls": None,
             "preemptive_discarded": None,
-            "user_turn_text": kept if turn_words else None,
-            "user_turn_words": turn_words,
-            "user_turn_word_errors": turn_errors,
+            **user_turn_fields(scenario, kept, interrupted),
             "timeline": list(server.records.values()),
             "timeline_clock": "server",
             "errors": list(server.errors),

@@ -9,6 +9,7 @@ live here, once, and each runner only supplies its own loudspeaker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from bargein.bench.metrics import MISSED_AFTER_S, WINDOW_MS, audible_window_time
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.providers.base import FloatAudio
 from bargein.scenario import Scenario
+from bargein.words import normalize_for_wer, word_edit_distance
 
 
 @dataclass
@@ -141,3 +143,33 @@ def stop_metrics(
     latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
     late = audible[audible >= onset + MISSED_AFTER_S]
     return StopMetrics(latency, bool(len(late)) or not interrupted)
+
+
+def ear_fields(
+    scenario: Scenario, onset: float | None, stop: StopMetrics, interrupted: bool, paused_s: float
+) -> dict[str, Any]:
+    """The fields of a result that every runner measures the same way at its ear."""
+    expect_interrupt = scenario.expect == "interrupt"
+    return {
+        "name": scenario.name,
+        "kind": scenario.kind,
+        "expect": scenario.expect,
+        "onset_s": onset,
+        "stop_latency_ms": stop.stop_latency_ms,
+        "missed": stop.missed,
+        "interrupted": interrupted,
+        "false_interruption": scenario.expect == "continue" and interrupted,
+        "paused_ms": paused_s * 1000 if not expect_interrupt else None,
+    }
+
+
+def user_turn_fields(scenario: Scenario, kept: str, interrupted: bool) -> dict[str, Any]:
+    """How far the agent's record of the interrupting turn (``kept``) is from what was said."""
+    said = " ".join(ev.text for ev in scenario.events if ev.text)
+    words = len(normalize_for_wer(said)) if interrupted and said else 0
+    errors = word_edit_distance(normalize_for_wer(said), normalize_for_wer(kept)) if words else 0
+    return {
+        "user_turn_text": kept if words else None,
+        "user_turn_words": words,
+        "user_turn_word_errors": errors,
+    }

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bargein.bench.metrics import format_table, state_word_errors, summarize
-from bargein.bench.microphone import Microphone, microphone_for, stop_metrics
+from bargein.bench.microphone import (
+    Microphone,
+    ear_fields,
+    microphone_for,
+    stop_metrics,
+    user_turn_fields,
+)
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import ClockKind, run, sleep_until
 from bargein.decider import Decider
@@ -36,7 +42,6 @@ from bargein.providers.base import (
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, ScenarioError, load_set
 from bargein.session import Session, SessionConfig, describe_error
-from bargein.words import normalize_for_wer, word_edit_distance
 
 MIC_RATE = 16000
 MIC_CHUNK = 160
@@ -197,23 +202,8 @@ def _measure(
     if answer is not None and answer in speaker.first_sound_at and speech_end is not None:
         response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
     preemptions = session.policy.preemptions
-    # What the conversation kept of the user's interrupting turn, against what was said.
-    said = " ".join(ev.text for ev in scenario.events if ev.text)
-    kept = _last_user_turn(session)
-    turn_words = len(normalize_for_wer(said)) if interrupted and said else 0
-    turn_errors = (
-        word_edit_distance(normalize_for_wer(said), normalize_for_wer(kept)) if turn_words else 0
-    )
     return {
-        "name": scenario.name,
-        "kind": scenario.kind,
-        "expect": scenario.expect,
-        "onset_s": onset,
-        "stop_latency_ms": stop.stop_latency_ms,
-        "missed": stop.missed,
-        "interrupted": interrupted,
-        "false_interruption": scenario.expect == "continue" and interrupted,
-        "paused_ms": speaker.paused_s.get(1, 0.0) * 1000 if not expect_interrupt else None,
+        **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
         "heard_text": heard,
         "recorded_text": recorded,
         "state_word_errors": state_word_errors(heard, recorded),
@@ -225,9 +215,7 @@ def _measure(
         "llm_calls": len(session.replies),
         "preemptive_calls": len(preemptions),
         "preemptive_discarded": sum(1 for v in preemptions.values() if v == "discarded"),
-        "user_turn_text": kept if turn_words else None,
-        "user_turn_words": turn_words,
-        "user_turn_word_errors": turn_errors,
+        **user_turn_fields(scenario, _last_user_turn(session), interrupted),
         "timeline": [_relative(r.as_dict(), origin) for r in session.timeline],
         "errors": list(session.errors),
     }
