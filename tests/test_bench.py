@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from bargein.bench.metrics import format_table, percentile, state_word_errors, summarize
+from bargein.bench.metrics import (
+    audible_after_ms,
+    format_table,
+    percentile,
+    state_word_errors,
+    summarize,
+)
 from bargein.bench.runner import RunOptions, Stack, run_set
 from bargein.cli import main as cli_main
 from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS, loud_wav, write_scenario
@@ -62,6 +69,8 @@ def test_run_set_measures_each_scenario_at_the_ear(scenario_dir: Path) -> None:
     assert barge["heard_text"] and barge["heard_text"] != AGENT
     assert barge["llm_tokens_after_cancel"] == 0
     assert barge["decision"] == "commit" and barge["decision_reason"] == "word:hold on"
+    # Nothing audible leaks past the pause but the 10 ms tick it landed in.
+    assert barge["after_tier1_ms"] is not None and barge["after_tier1_ms"] <= 10
 
     uhhuh = by_name["uhhuh"]
     assert not uhhuh["interrupted"] and not uhhuh["false_interruption"]
@@ -103,6 +112,14 @@ def test_metric_helpers() -> None:
         }
     ]
     assert summarize(rows)["noise"]["false_interruption_rate"] == 1.0
+    assert summarize(rows)["noise"]["bursts"] == 0
+    assert summarize([{**rows[0], "after_tier1_ms": 41.0}])["noise"]["bursts"] == 1
+    # Audible 10 ms windows end at 0.3 s; a tier-1 action at 0.25 s leaves 50 ms behind it.
+    audio = np.zeros(8000, dtype=np.float32)
+    audio[1600:4800] = 0.5
+    assert audible_after_ms(audio, 16000, 0.25) == pytest.approx(50.0)
+    assert audible_after_ms(audio, 16000, 0.4) == 0.0
+    assert audible_after_ms(audio, 16000, None) is None
 
 
 def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -328,6 +328,8 @@ async def test_barge_in_is_cut_at_the_far_ends_ear(folder: Path) -> None:
     assert 0 <= result["cursor_lag_ms"] <= 100
     assert result["response_ms"] is not None and result["response_ms"] > 0
     assert result["user_turn_text"] == "hold on" and result["user_turn_word_errors"] == 0
+    # The pause reached the ear and stopped it within a window: no burst after tier 1.
+    assert result["after_tier1_ms"] is not None and result["after_tier1_ms"] <= 20
 
     # The clear emptied the far end's buffer at once: no sample of reply 1 after it.
     origin_clear = [t for t, kind in run.server.controls if kind == "clear"]

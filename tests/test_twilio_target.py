@@ -68,6 +68,9 @@ def test_a_phone_caller_barges_in_and_a_quiet_call_plays_to_the_end(tmp_path: Pa
     # VAD frames, the clear's trip and the 20 ms frame already playing: well under 200 ms.
     assert 0 <= barge["stop_latency_ms"] <= 200
     assert barge["first_clear_ms"] is not None and barge["first_clear_ms"] <= 200
+    # The clear is tier 1 on a phone line: at most the 20 ms frame playing outlives it.
+    assert barge["after_tier1_ms"] is not None and barge["after_tier1_ms"] <= 40
+    assert quiet["after_tier1_ms"] is None
     assert barge["response_ms"] is not None and barge["response_ms"] > 0
     # About 0.5-0.7 s of the 2 s reply reached the ear, and nothing of it was complete.
     assert 0.4 <= barge["agent_played_s"] <= 1.0 and barge["agent_full_s"] is None

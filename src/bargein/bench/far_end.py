@@ -49,7 +49,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from bargein.audio import from_int16, to_int16
-from bargein.bench.metrics import state_word_errors, summarize
+from bargein.bench.metrics import audible_after_ms, state_word_errors, summarize
 from bargein.bench.microphone import (
     Microphone,
     ear_fields,
@@ -286,6 +286,10 @@ def settle_heard_text(results: Sequence[dict[str, Any]], texts: Mapping[str, str
         )
 
 
+_TIER1 = ("pause", "duck", "clear")
+"""The output controls that can be a tier-1 action, as they reach the ear."""
+
+
 # -- what the server said -----------------------------------------------------------------
 
 
@@ -362,6 +366,12 @@ class FarEndRun:
         if answer is not None and speech_end is not None:
             response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
         kept = server.users[max(server.users)] if server.users else ""
+        tier1_at = None
+        if interrupted and onset is not None:
+            tier1_at = next(
+                (at for at, kind in server.controls if at >= onset and kind in _TIER1), None
+            )
+        ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
         result: dict[str, Any] = {
             **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
             "heard_text": heard,
@@ -373,6 +383,7 @@ class FarEndRun:
             "decision": records[0].get("decision") if records else None,
             "decision_reason": records[0].get("reason") if records else None,
             "decision_ms": self._decision_ms(records, onset),
+            "after_tier1_ms": audible_after_ms(ours, rate, tier1_at),
             "response_ms": response_ms,
             # What the server did internally is not observable from here.
             "llm_calls": None,

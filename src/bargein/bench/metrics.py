@@ -18,6 +18,8 @@ from bargein.words import word_edit_distance
 AUDIBLE_DBFS = -45.0
 WINDOW_MS = 10.0
 MISSED_AFTER_S = 1.5
+BURST_AFTER_MS = 40.0
+"""Audio still audible this long after the tier-1 action is a burst (a buffer not flushed)."""
 
 
 def words_of(text: str) -> list[str]:
@@ -34,6 +36,22 @@ def audible_window_times(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Start times (s) of the 10 ms windows of ``audio`` above the audibility threshold."""
     levels = window_dbfs(audio, sample_rate, WINDOW_MS)
     return np.flatnonzero(levels > AUDIBLE_DBFS) * (WINDOW_MS / 1000.0)
+
+
+def audible_after_ms(audio: np.ndarray, sample_rate: int, t0: float | None) -> float | None:
+    """How long after ``t0`` (s) ``audio`` was last audible, in ms (0 if it went quiet
+    before); None without a ``t0``.
+
+    With ``t0`` the tier-1 action as it reached the ear, this is the flush's leak: a
+    pause that empties every buffer leaves nothing audible beyond one window.
+    """
+    if t0 is None:
+        return None
+    audible = audible_window_times(audio.astype(np.float32), sample_rate)
+    if not len(audible):
+        return 0.0
+    last = float(audible[-1]) + WINDOW_MS / 1000.0
+    return max(0.0, last - t0) * 1000
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -74,6 +92,8 @@ def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 sum(bool(r["false_interruption"]) for r in cont), len(cont)
             ),
             "stop_latency_ms": _stats(r["stop_latency_ms"] for r in interrupt),
+            "after_tier1_ms": _stats(r.get("after_tier1_ms") for r in rows),
+            "bursts": sum(1 for r in rows if (r.get("after_tier1_ms") or 0.0) > BURST_AFTER_MS),
             "paused_ms": _stats(r["paused_ms"] for r in cont),
             "decision_ms": _stats(r.get("decision_ms") for r in rows),
             "state_word_errors": _total(r["state_word_errors"] for r in rows),
@@ -118,6 +138,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         "stop p50",
         "stop p95",
         "stop max",
+        "bursts",
         "paused p95",
         "decide p95",
         "state err",
@@ -137,6 +158,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 _fmt(s["stop_latency_ms"]["p50"]),
                 _fmt(s["stop_latency_ms"]["p95"]),
                 _fmt(s["stop_latency_ms"]["max"]),
+                str(s["bursts"]),
                 _fmt(s["paused_ms"]["p95"]),
                 _fmt(s["decision_ms"]["p95"]),
                 _fmt(s["state_word_errors"]),

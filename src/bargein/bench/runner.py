@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bargein.bench.metrics import format_table, state_word_errors, summarize
+import numpy as np
+
+from bargein.bench.metrics import audible_after_ms, format_table, state_word_errors, summarize
 from bargein.bench.microphone import (
     Microphone,
     ear_fields,
@@ -202,6 +204,8 @@ def _measure(
     if answer is not None and answer in speaker.first_sound_at and speech_end is not None:
         response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
     preemptions = session.policy.preemptions
+    tier1_at = records[0].tier1_at - origin if records and interrupted else None
+    ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
     return {
         **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
         "heard_text": heard,
@@ -211,6 +215,7 @@ def _measure(
         "decision": records[0].decision if records else None,
         "decision_reason": records[0].reason if records else None,
         "decision_ms": decision_ms,
+        "after_tier1_ms": audible_after_ms(ours, speaker.sample_rate, tier1_at),
         "response_ms": response_ms,
         "llm_calls": len(session.replies),
         "preemptive_calls": len(preemptions),

@@ -49,7 +49,12 @@ from bargein.bench.far_end import (
     TargetError,
     settle_heard_text,
 )
-from bargein.bench.metrics import MISSED_AFTER_S, WINDOW_MS, audible_window_times
+from bargein.bench.metrics import (
+    MISSED_AFTER_S,
+    WINDOW_MS,
+    audible_after_ms,
+    audible_window_times,
+)
 from bargein.bench.microphone import Microphone, microphone_for
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
@@ -675,6 +680,12 @@ def measure_twilio_call(
         "decision_reason": None,
         "decision_ms": None,
         "first_clear_ms": first_clear_ms,
+        # A pause on a phone line is a clear: the first one after onset is tier 1.
+        "after_tier1_ms": audible_after_ms(
+            np.where(recording.reply_at == 1, recording.audio, np.float32(0)),
+            recording.sample_rate,
+            first_clear if interrupted else None,
+        ),
         "response_ms": response_ms,
         "llm_calls": None,
         "preemptive_calls": None,
