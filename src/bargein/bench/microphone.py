@@ -4,14 +4,23 @@ Both runners (the in-process one and the far end that plays the user's device ag
 server) must place a scenario's sounds and judge the agent's stop by exactly the same
 rules, or their figures could not be compared. So the placement and the stop measurement
 live here, once, and each runner only supplies its own loudspeaker.
+
+The echo (the agent's own output reaching its microphone) can pass through a synthetic room
+(``echo.reverb_s``, a bargein extension of the scenario format): the delayed speaker output
+is convolved with :func:`room_impulse_response`, frame by frame, carrying the tail of each
+frame's convolution into the next ones, so the result does not depend on the frame sizes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from scipy.signal import oaconvolve
 
 from bargein.audio import last_audible
 from bargein.bench.metrics import MISSED_AFTER_S, WINDOW_MS, audible_window_times
@@ -19,6 +28,37 @@ from bargein.bench.speaker import SimulatedSpeaker
 from bargein.providers.base import FloatAudio
 from bargein.scenario import Scenario
 from bargein.words import normalize_for_wer, word_edit_distance
+
+_ROOM_SEED = 0x5EED
+_DECAY_DB = 60.0  # RT60: the tail has decayed by 60 dB after ``reverb_s``
+_DRR_REFERENCE_S = 0.25  # the decay time at which direct and reverberant energy are equal
+
+
+@lru_cache(maxsize=16)
+def room_impulse_response(reverb_s: float, rate: int) -> npt.NDArray[np.float64]:
+    """A deterministic synthetic room: the direct path, then exponentially decaying noise.
+
+    The noise comes from a fixed seed, and its amplitude falls by 60 dB over ``reverb_s``
+    seconds, where the response ends. Longer rooms carry relatively more reverberant energy
+    (equal to the direct path's at 0.25 s, 3 dB more per doubling), as a farther loudspeaker
+    in a more reflective room would. The whole response has unit energy, so an echo's
+    ``gain_db`` remains the level of everything that comes back. ``reverb_s`` 0 is the
+    single sample ``[1.0]``. The returned array is shared: do not modify it.
+    """
+    if reverb_s < 0 or not math.isfinite(reverb_s):
+        raise ValueError(f"reverb_s must be a finite number >= 0, got {reverb_s!r}")
+    length = max(1, math.ceil(reverb_s * rate))
+    ir = np.zeros(length, dtype=np.float64)
+    ir[0] = 1.0
+    if length > 1:
+        n = np.arange(1, length, dtype=np.float64)
+        decay = np.exp(-math.log(10.0) * (_DECAY_DB / 20.0) * n / (reverb_s * rate))
+        tail = np.random.default_rng(_ROOM_SEED).standard_normal(length - 1) * decay
+        wanted = reverb_s / _DRR_REFERENCE_S  # reverberant energy / direct energy
+        ir[1:] = tail * math.sqrt(wanted / float(np.sum(tail * tail)))
+    ir /= math.sqrt(float(np.sum(ir * ir)))
+    ir.flags.writeable = False
+    return ir
 
 
 @dataclass
@@ -45,6 +85,10 @@ class Microphone:
     echo: bool
     rate: int = 16000
     position: int = 0
+    echo_reverb_s: float = 0.0
+    _echo_tail: npt.NDArray[np.float64] = field(
+        default_factory=lambda: np.zeros(0), init=False, repr=False
+    )
 
     def place(self, speech_anchor: float | None) -> None:
         for ev in self.events:
@@ -65,10 +109,21 @@ class Microphone:
                 out[a - lo : b - lo] += ev.audio[a - ev.start : b - ev.start]
         if self.echo:
             t0, t1 = lo / self.rate - self.echo_delay_s, hi / self.rate - self.echo_delay_s
-            out += self.echo_gain * self.speaker.output_between(t0, t1, self.rate)
+            dry = self.speaker.output_between(t0, t1, self.rate)
+            out += self.echo_gain * (self._reverberate(dry) if self.echo_reverb_s > 0 else dry)
         self.position = hi
         np.clip(out, -1.0, 1.0, out=out)
         return out
+
+    def _reverberate(self, dry: FloatAudio) -> FloatAudio:
+        """``dry`` through the room, plus what earlier frames still ring into this one."""
+        ir = room_impulse_response(self.echo_reverb_s, self.rate)
+        wet = np.asarray(oaconvolve(dry.astype(np.float64), ir))
+        # ``wet`` is len(dry) + len(ir) - 1 long and the carried tail len(ir) - 1 (empty
+        # before the first frame), so the tail always fits.
+        wet[: self._echo_tail.size] += self._echo_tail
+        self._echo_tail = wet[dry.size :]
+        return np.asarray(wet[: dry.size], dtype=np.float32)
 
     def onset(self) -> float | None:
         """Ground truth: where the first event's sound starts on the shared timeline."""
@@ -110,6 +165,7 @@ def microphone_for(scenario: Scenario, speaker: SimulatedSpeaker, rate: int) -> 
         speaker=speaker,
         echo=scenario.echo is not None,
         rate=rate,
+        echo_reverb_s=scenario.echo.reverb_s if scenario.echo else 0.0,
     )
 
 
