@@ -15,13 +15,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 DecisionKind = Literal["commit", "resume"]
+FeatureVector = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
 class Decision:
     kind: DecisionKind
     reason: str
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One microphone frame as the VAD scored it, timestamped at the frame's end."""
+
+    at: float
+    probability: float
+    features: FeatureVector
+    """The frame's acoustic features (:func:`bargein.tier2.frame_features`)."""
 
 
 @dataclass
@@ -37,6 +51,12 @@ class Overlap:
     """The latest frame the VAD scored as voiced; the segmenter's hangover is not voice."""
     partials: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     final_words: tuple[str, ...] | None = None
+    frames: list[FrameInfo] = field(default_factory=list)
+    """The frames of the overlapping sound with their features, from just before the
+    onset on; empty when the runtime computes no features (the rule needs none)."""
+    agent_context: str = ""
+    """What the agent had said when the user started: the words heard, through the end
+    of the sentence under way ("" when nothing had been heard)."""
 
     @property
     def latest_words(self) -> tuple[str, ...]:
