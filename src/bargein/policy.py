@@ -31,10 +31,12 @@ The six steps of an interruption, all in :meth:`FloorPolicy._on_speech_started`,
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bargein.decider import Decider, Overlap, RuleDecider
+from bargein.decider import Decider, FeatureVector, FrameInfo, Overlap, RuleDecider
+from bargein.turn_end import SilenceRule
 
 RestartPolicy = Literal["restart", "respond", "resume"]
 ReplyMode = Literal["turn", "restart", "respond", "resume", "merge"]
@@ -65,6 +67,8 @@ class SpeechStarted:
 
     at: float
     voiced: bool = True
+    context: str = ""
+    """What the agent had said by then (see :attr:`~bargein.decider.Overlap.agent_context`)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class VoiceActivity:
 
     at: float
     probability: float
+    features: FeatureVector | None = None
+    """The frame's acoustic features for tier 2 (:func:`bargein.tier2.frame_features`)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,19 @@ class Tick:
     at: float
 
 
+@dataclass(frozen=True)
+class TurnEndProbability:
+    """How likely the user's turn is complete, judged on the words up to ``utterance``.
+
+    Only counts while that utterance is the last one and the user is silent; a late
+    answer (the turn already ended, or the user went on) is ignored.
+    """
+
+    at: float
+    utterance: int
+    probability: float
+
+
 Event = (
     SpeechStarted
     | SpeechEnded
@@ -137,6 +156,7 @@ Event = (
     | Playout
     | ReplyFailed
     | Tick
+    | TurnEndProbability
 )
 
 
@@ -289,7 +309,8 @@ class PolicyConfig:
     restart_policy: RestartPolicy = "respond"
     tier1: Tier1 = "pause"
     turn_end_silence_s: float = 0.5
-    """Silence after the user's speech ends before their turn counts as over."""
+    """Silence after the user's speech ends before their turn counts as over (with
+    ``turn_end="semantic"``: until a completeness probability arrives, or without one)."""
     final_wait_s: float = 0.5
     """How long a turn end waits for the recogniser's final words."""
     voiced_threshold: float = 0.5
@@ -297,6 +318,10 @@ class PolicyConfig:
     preemptive: bool = True
     """Start the reply as soon as the user pauses with final words, before the turn end
     is certain; if they go on, the early reply is cancelled and started again."""
+    turn_end: Literal["fixed", "semantic"] = "semantic"
+    """``semantic``: a :class:`TurnEndProbability` for the pause sets its silence through
+    ``turn_end_rule`` (short after a finished thought, long after an unfinished one)."""
+    turn_end_rule: SilenceRule = field(default_factory=SilenceRule)
 
 
 @dataclass
@@ -307,6 +332,8 @@ class _UserTurn:
     awaiting_final: bool = False
     utterance_words: tuple[str, ...] = ()
     utterances: list[int] = field(default_factory=list)
+    completeness: float | None = None
+    """The turn-end probability for the current pause, if one arrived in time."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +366,8 @@ class FloorPolicy:
         self.preemptions: dict[int, Literal["held", "released", "discarded"]] = {}
         """Every preemptive reply and what became of it (the wasted-call count)."""
         self._now = float("-inf")
+        self._recent: deque[FrameInfo] = deque(maxlen=8)
+        """The latest frames with features: an overlap starts with the ones at its onset."""
 
     # -- public -------------------------------------------------------------------------
 
@@ -368,6 +397,8 @@ class FloorPolicy:
                 return self._on_failed(event)
             case Tick():
                 return self._on_tick(event.at)
+            case TurnEndProbability():
+                return self._on_turn_end_probability(event)
         raise PolicyError(f"unknown event {event!r}")
 
     def next_deadline(self) -> float | None:
@@ -375,16 +406,26 @@ class FloorPolicy:
         if self.state is Floor.TENTATIVE and self._overlap is not None:
             return self.decider.deadline(self._overlap, self._now)
         if self.state is Floor.PREPARING and self._turn.ended_at is not None:
-            return self._turn.ended_at + self.config.turn_end_silence_s
+            return self._turn.ended_at + self._turn_silence()
         if self.state in (Floor.LISTENING, Floor.YIELDED) and self._turn.ended_at is not None:
             if self._turn.awaiting_final:
                 return self._turn.ended_at + self.config.final_wait_s
-            return self._turn.ended_at + self.config.turn_end_silence_s
+            return self._turn.ended_at + self._turn_silence()
         return None
 
     @property
     def user_speaking(self) -> bool:
         return self._turn.speaking
+
+    @property
+    def turn_words(self) -> tuple[str, ...]:
+        """The user's words so far in the turn being listened to."""
+        return (*self._turn.words, *self._turn.utterance_words)
+
+    @property
+    def utterance(self) -> int:
+        """The number of the user's latest utterance (one per SpeechStarted)."""
+        return self._utterance
 
     # -- state changes ------------------------------------------------------------------
 
@@ -430,6 +471,7 @@ class FloorPolicy:
         self._turn.utterances.append(self._utterance)
         self._turn.speaking = True
         self._turn.ended_at = None
+        self._turn.completeness = None
         self._turn.awaiting_final = False
         if self.state is Floor.TENTATIVE and self._overlap is not None:
             self._overlap.speech_active = True
@@ -446,6 +488,8 @@ class FloorPolicy:
             onset_at=event.at,
             agent_audible=audible,
             last_voiced_at=event.at if event.voiced else float("-inf"),
+            frames=[f for f in self._recent if f.at > event.at - 0.07],
+            agent_context=event.context,
         )
         tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
         self._record = InterruptionRecord(self.reply_id, event.at, tier1, event.at)
@@ -468,6 +512,11 @@ class FloorPolicy:
         return []
 
     def _on_voice(self, event: VoiceActivity) -> list[Action]:
+        if event.features is not None:
+            frame = FrameInfo(event.at, event.probability, event.features)
+            self._recent.append(frame)
+            if self.state is Floor.TENTATIVE and self._overlap is not None:
+                self._overlap.frames.append(frame)
         if self.state is not Floor.TENTATIVE or self._overlap is None:
             return []
         if event.probability >= self.config.voiced_threshold:
@@ -629,13 +678,13 @@ class FloorPolicy:
         if turn.speaking or turn.ended_at is None:
             return []
         if self.state is Floor.PREPARING:
-            if now < turn.ended_at + self.config.turn_end_silence_s:
+            if now < turn.ended_at + self._turn_silence():
                 return []
             return self._release()
         if turn.awaiting_final and now < turn.ended_at + self.config.final_wait_s:
             return []
         words = (*turn.words, *turn.utterance_words)
-        if now < turn.ended_at + self.config.turn_end_silence_s:
+        if now < turn.ended_at + self._turn_silence():
             if self.config.preemptive and words and not turn.awaiting_final:
                 mode = self._pending_mode if self.state is Floor.YIELDED else "turn"
                 return self._start_reply("user paused", mode, words, preemptive=True)
@@ -647,6 +696,22 @@ class FloorPolicy:
             self._turn = _UserTurn()
             return []
         return self._start_reply("user turn ended", "turn", words)
+
+    def _turn_silence(self) -> float:
+        """The silence that ends this turn: fixed, or set by its completeness."""
+        fixed = self.config.turn_end_silence_s
+        if self.config.turn_end != "semantic" or self._turn.completeness is None:
+            return fixed
+        return self.config.turn_end_rule.silence(self._turn.completeness, fixed)
+
+    def _on_turn_end_probability(self, event: TurnEndProbability) -> list[Action]:
+        turn = self._turn
+        if event.utterance != self._utterance or turn.speaking or turn.ended_at is None:
+            return []  # about an utterance the user has since gone on from
+        if self.state not in (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING):
+            return []  # the turn already ended on the fixed silence
+        turn.completeness = event.probability
+        return self._maybe_turn_end(event.at)
 
     # -- preemptive generation ----------------------------------------------------------
 
