@@ -31,6 +31,7 @@ import numpy as np
 from bargein.clock import run_blocking
 from bargein.conversation import Conversation, InterruptedReply, build_llm_input
 from bargein.decider import Decider
+from bargein.echo import EchoControl, EchoMode
 from bargein.playout import PlayoutTracker
 from bargein.policy import (
     Action,
@@ -56,6 +57,7 @@ from bargein.policy import (
     StartReply,
     Tick,
     Truncate,
+    TurnEndProbability,
     VoiceActivity,
     Words,
 )
@@ -69,7 +71,9 @@ from bargein.providers.base import (
     Transcriber,
     VoiceActivityDetector,
 )
+from bargein.tier2 import DeciderKind, frame_features, make_decider
 from bargein.tools import CANCELLED_RESULT, PENDING_RESULT, Tool
+from bargein.turn_end import TurnEndDetector, WordTurnEndDetector
 from bargein.vad import LoudnessGate, SpeechSegmenter
 
 log = logging.getLogger("bargein.session")
@@ -159,6 +163,13 @@ class SessionConfig:
     """Said when the LLM fails (unreachable, an HTTP error, a broken stream); None: silence."""
     transcript_wait_s: float = 3.0
     """How long a reply waits for the transcriber before answering the recogniser's words."""
+    decider: DeciderKind = "rule"
+    """Tier 2 when no ``decider`` is passed: the ``rule`` (bargein.decider.RuleDecider)
+    or the trained ``model`` (bargein.tier2.ModelDecider; docs/tier2.md says why it is
+    not yet the default)."""
+    echo: EchoMode = "gate"
+    """What keeps the agent's own voice, heard back through the microphone, from
+    interrupting it: ``gate``, ``aec``, ``both`` or ``off`` (see :mod:`bargein.echo`)."""
 
 
 class Session:
@@ -178,6 +189,7 @@ class Session:
         decider: Decider | None = None,
         segmenter: SpeechSegmenter | None = None,
         transcriber: Transcriber | None = None,
+        turn_end: TurnEndDetector | None = None,
     ) -> None:
         self.config = config or SessionConfig()
         if vad.sample_rate != self.sample_rate or recognizer.sample_rate != self.sample_rate:
@@ -191,12 +203,23 @@ class Session:
         self.vad = vad
         self.recognizer = recognizer
         self.transcriber = transcriber
+        if turn_end is None and self.config.policy.turn_end == "semantic":
+            turn_end = WordTurnEndDetector()
+        self.turn_end = turn_end
+        """Judges, at each pause, whether the user's turn is complete (semantic turn end)."""
         self.llm = llm
         self.tts = tts
         self.sink = sink
+        if decider is None:
+            decider = make_decider(self.config.decider)
         self.policy = FloorPolicy(self.config.policy, decider)
         self.segmenter = segmenter or SpeechSegmenter()
         self.gate = LoudnessGate(self.sample_rate) if self.config.loudness_onset else None
+        self.echo = (
+            EchoControl(self.config.echo, sink.sample_rate, self.sample_rate)
+            if self.config.echo != "off"
+            else None
+        )
         self.conversation = Conversation()
         if self.config.system_prompt is not None:
             self.conversation.system_prompt = self.config.system_prompt
@@ -265,6 +288,8 @@ class Session:
         here, so a wrong rate cannot silently shift every timestamp.
         """
         samples = self._validate(audio, sample_rate)
+        if self.echo is not None:
+            samples = self.echo.process(samples, self.now())
         if self.gate is not None and self.gate.push(samples):
             start = self.segmenter.push_loud(self.now())
             if start is not None:
@@ -281,6 +306,8 @@ class Session:
         if reply is None:
             raise ValueError(f"playout report for unknown reply {reply_id}")
         reply.played = played
+        if self.echo is not None:
+            self.echo.played(reply_id, played, self.now())
         if reply.cut is not None and played > reply.cut[1]:
             self._recut(reply, played)
         complete = reply.generated and played >= reply.tracker.total_samples
@@ -315,7 +342,7 @@ class Session:
         self._preroll.append(frame)
         probability = self.vad.probability(frame)
         change = self.segmenter.push(at, probability)
-        self._handle(VoiceActivity(at, probability))
+        self._handle(VoiceActivity(at, probability, frame_features(frame)))
         if isinstance(change, SpeechStarted):
             self._speech_started(change)
         elif self.segmenter.active or isinstance(change, SpeechEnded):
@@ -329,11 +356,45 @@ class Session:
                 final = ()  # loud but never a voice: whatever the recogniser made of it
             self._handle(change)
             self._handle(Words(at, final, final=True))
+            self._estimate_turn_end()
             user_turn = (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING)
             if self.transcriber is not None and self.policy.state in user_turn:
                 # Part of a user turn: transcribe now, while the turn-end silence runs.
                 # An overlap that tier 2 may still resume from waits until it is needed.
                 self._utterance_transcript(self._utterance)
+
+    def _estimate_turn_end(self) -> None:
+        """The user paused: ask the turn-end detector, off the audio path, about the turn.
+
+        The answer reaches the policy as an event whenever it is ready; until then, or if
+        the detector fails, the policy's fixed silence stands.
+        """
+        detector, policy = self.turn_end, self.policy
+        if detector is None or self._group is None or policy.user_speaking:
+            return
+        if policy.state not in (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING):
+            return
+        words = policy.turn_words
+        if not words:
+            return
+        last = self.conversation.last_assistant()
+        context = last.content if last is not None else ""
+        self._group.create_task(
+            self._turn_end_probability(detector, policy.utterance, words, context)
+        )
+
+    async def _turn_end_probability(
+        self, detector: TurnEndDetector, utterance: int, words: tuple[str, ...], context: str
+    ) -> None:
+        try:
+            probability = await run_blocking(lambda: detector.probability_complete(words, context))
+        except Exception as exc:
+            message = f"turn-end detector: {describe_error(exc)}"
+            if not self.errors or self.errors[-1] != message:
+                self.errors.append(message)
+                log.warning("%s", message)
+            return
+        self._handle(TurnEndProbability(self.now(), utterance, float(probability)))
 
     def _speech_started(self, start: SpeechStarted) -> None:
         self._utterance += 1
@@ -345,8 +406,22 @@ class Session:
         words: Sequence[str] = ()
         for past in self._preroll:
             words = self._recognize(self.recognizer.feed, past)
-        self._handle(start)
+        self._handle(replace(start, context=self._agent_context()))
         self._handle(Words(start.at, tuple(words)))
+
+    def _agent_context(self) -> str:
+        """What the agent had said: the words heard, through the end of that sentence."""
+        reply = self.replies.get(self.policy.reply_id or 0)
+        if reply is None:
+            return ""
+        heard = len(reply.tracker.heard_words(reply.played))
+        if heard == 0:
+            return ""
+        words = reply.text.split()
+        end = min(heard, len(words))
+        while end < len(words) and not words[end - 1].rstrip("\"')]").endswith((".", "?", "!")):
+            end += 1
+        return " ".join(words[:end])
 
     def _recognize(self, step: Callable[..., Any], *args: Any) -> Any:
         """Run one recogniser step; a failure costs the words, never the session.
@@ -388,6 +463,8 @@ class Session:
 
     def _do(self, action: Action) -> None:
         log.debug("action %s", action)
+        if self.echo is not None:
+            self._echo_follow(action)
         match action:
             case StartReply():
                 self._start_reply(action)
@@ -412,6 +489,23 @@ class Session:
                 text = self.replies[action.reply_id].tracker.all_text()
                 self.recorded[action.reply_id] = text
                 self.conversation.add_assistant(text)
+
+    def _write(self, reply_id: int, audio: FloatAudio) -> None:
+        self.sink.write(reply_id, audio)
+        if self.echo is not None:
+            self.echo.write(reply_id, audio)
+
+    def _echo_follow(self, action: Action) -> None:
+        """Keep the echo reference playing what the sink plays: stopped, ducked or not."""
+        assert self.echo is not None
+        match action:
+            case PauseOutput() | FlushOutput():
+                self.echo.stopped(self.now())
+                self.echo.set_gain(1.0)
+            case DuckOutput():
+                self.echo.set_gain(self.config.duck_gain)
+            case ResumeOutput():
+                self.echo.set_gain(1.0)
 
     # -- replies ------------------------------------------------------------------------
 
@@ -504,7 +598,7 @@ class Session:
             reply.user_turn = None
         reply.released.set()
         for audio in reply.held:
-            self.sink.write(reply.reply_id, audio)
+            self._write(reply.reply_id, audio)
         reply.held.clear()
         if reply.generated and reply.played >= reply.tracker.total_samples:
             self.playout(reply.reply_id, reply.played)
@@ -707,7 +801,7 @@ class Session:
             for chunk in chunks:
                 reply.tracker.add(chunk)
                 if reply.released.is_set():
-                    self.sink.write(reply.reply_id, chunk.audio)
+                    self._write(reply.reply_id, chunk.audio)
                 else:
                     reply.held.append(chunk.audio)
         reply.generated = True
