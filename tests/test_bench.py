@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from bargein.bench.metrics import (
     state_word_errors,
     summarize,
 )
+from bargein.bench.progress import Progress
 from bargein.bench.runner import RunOptions, Stack, run_set
 from bargein.cli import main as cli_main
 from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS, loud_wav, write_scenario
@@ -153,7 +155,9 @@ def test_echo_feeds_the_speaker_back_into_the_microphone(
         "echo": {"gain_db": gain_db, "delay_ms": 100},
     }
     (tmp_path / "echo.json").write_text(json.dumps(doc))
-    [result] = run_set(tmp_path, stack=stack(), progress=False)["scenarios"]
+    # Echo handling off: this is the raw path from the speaker to the microphone.
+    options = RunOptions(echo="off")
+    [result] = run_set(tmp_path, stack=stack(), options=options, progress=False)["scenarios"]
     if not heard:
         assert result["timeline"] == []
         return
@@ -175,11 +179,55 @@ def test_the_same_run_works_on_the_real_clock(tmp_path: Path) -> None:
         "echo": None,
     }
     (tmp_path / "short.json").write_text(json.dumps(doc))
-    results = run_set(tmp_path, clock="real", stack=stack(), progress=False)
-    [result] = results["scenarios"]
-    assert result["interrupted"] and not result["missed"]
-    assert result["state_word_errors"] == 0 and result["llm_tokens_after_cancel"] == 0
-    assert result["timeline"][0]["onset_at"] < 5.0  # relative to the reply request
+    # Twice, two at a time: each job has its own stack, so the runs cannot disturb
+    # each other's models, and every result keeps its run number.
+    made: list[Stack] = []
+
+    def factory() -> Stack:
+        made.append(stack())
+        return made[-1]
+
+    results = run_set(
+        tmp_path, clock="real", stack_factory=factory, progress=False, repeat=2, jobs=2
+    )
+    assert len(made) == 2 and results["jobs"] == 2 and results["repeat"] == 2
+    assert sorted(r["run"] for r in results["scenarios"]) == [1, 2]
+    for result in results["scenarios"]:
+        assert result["interrupted"] and not result["missed"]
+        assert result["state_word_errors"] == 0 and result["llm_tokens_after_cancel"] == 0
+        assert result["timeline"][0]["onset_at"] < 5.0  # relative to the reply request
+    assert results["summary"]["barge_in"]["count"] == 2
+
+
+def test_progress_draws_one_line_on_a_terminal_and_plain_lines_in_a_log() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log = io.StringIO()
+    plain = Progress(2, stream=log)
+    plain.start("a")
+    plain.finish("a")
+    plain.start("b")
+    plain.finish("b")
+    plain.close()
+    assert log.getvalue() == "[1/2] a\n[2/2] b\n"
+
+    term = Terminal()
+    bar = Progress(4, stream=term)
+    bar.start("a")
+    bar.finish("a")
+    bar.close()
+    assert "\n" not in term.getvalue()[:-1] and term.getvalue().count("\r") == 2
+    assert bar.line("x", 90.0) == "[######..................] 1/4 1:30 (about 4:30 left) x"
+    silent = io.StringIO()
+    Progress(3, stream=silent, enabled=False).start("a")
+    assert silent.getvalue() == ""
+
+
+def test_repeat_and_jobs_must_be_positive(scenario_dir: Path) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        run_set(scenario_dir, stack=stack(), progress=False, repeat=0)
 
 
 def test_the_demo_command_benchmarks_the_built_in_set(

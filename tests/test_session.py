@@ -352,6 +352,7 @@ def test_a_preemptive_reply_is_discarded_when_the_user_goes_on() -> None:
     first: Utterance = ([(0.6, ("book",))], ("book", "a", "table"))
     second: Utterance = ([(1.7, ("for",))], ("for", "two"))
     session, speaker, llm, _ = make([first, second], llm=ScriptedLLM([ANSWER]))
+    session.turn_end = None  # the fixed turn-end silence: its release time is checked below
 
     async def main() -> None:
         async with session:

@@ -2,11 +2,15 @@
 
 - ``bargein bench SCENARIO_DIR --clock virtual --out results.json``: run a scenario set;
   with ``--target ws://HOST:PORT/ws``, against a running server, measured at its far end;
+  with ``--sessions 1,10,25``, that many far ends at once (docs/load.md);
+- ``bargein report A.json [B.json ...] -o report.html``: an HTML report of saved runs;
 - ``bargein scenarios DEST``: generate the built-in public scenario set;
 - ``bargein serve [--bench] [--token T]``: the demo page and the WebSocket protocol;
 - ``bargein demo``: the same, opening the page in a browser: talk to it, interrupt it;
 - ``bargein bench-demo``: generate the built-in set (once) and benchmark it on the
   virtual clock;
+- ``bargein bench-turns [DIR] --turn-end fixed|semantic``: generate the turn-taking set
+  (once) and measure response gaps and cut-offs (docs/turn_end.md);
 - ``bargein diagram``: print the policy's state diagram (Mermaid);
 - ``bargein chat [--text] [--llm local|URL]``: talk to an agent, by voice or by typing.
 """
@@ -21,11 +25,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from bargein.policy import RestartPolicy
 
+if TYPE_CHECKING:
+    from bargein.bench.report import TraceCollector
+
 DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
+DEFAULT_TURN_SET_DIR = DEFAULT_SET_DIR.with_name("turns")
 
 
 def _bench_llm(args: argparse.Namespace) -> int:
@@ -72,7 +80,11 @@ def _bench_target(args: argparse.Namespace) -> int:
         )
     try:
         results = run_target_set(
-            Path(args.scenario_dir), args.target, token=args.token, only=args.only or ()
+            Path(args.scenario_dir),
+            args.target,
+            token=args.token,
+            only=args.only or (),
+            repeat=args.repeat,
         )
     except (ScenarioError, TargetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -80,10 +92,18 @@ def _bench_target(args: argparse.Namespace) -> int:
     return _report(args, results)
 
 
-def _report(args: argparse.Namespace, results: dict[str, Any]) -> int:
-    """Write the results JSON if asked, print the table; non-zero if a scenario failed."""
+def _report(
+    args: argparse.Namespace, results: dict[str, Any], traces: TraceCollector | None = None
+) -> int:
+    """Write the results JSON and the HTML report if asked, print the table; non-zero if a
+    scenario failed."""
+    from bargein.bench.report import annotate_results, write_run_report
     from bargein.bench.runner import print_report
 
+    annotate_results(results, args)
+    if getattr(args, "report", None):
+        write_run_report(Path(args.report), results, traces)
+        print(f"report written to {args.report}", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {args.out}", file=sys.stderr)
@@ -91,9 +111,82 @@ def _report(args: argparse.Namespace, results: dict[str, Any]) -> int:
     return 1 if results["errors"] else 0
 
 
+def _bench_load(args: argparse.Namespace) -> int:
+    from bargein.bench.far_end import TargetError
+    from bargein.bench.load import (
+        DEFAULT_KINDS,
+        LoadOptions,
+        parse_sessions,
+        print_load_report,
+        run_load,
+    )
+    from bargein.scenario import ScenarioError
+
+    try:
+        sessions = parse_sessions(args.sessions)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.clock != "real":
+        print("note: --sessions always runs on the real clock", file=sys.stderr)
+    only = args.only or []
+    options = LoadOptions(
+        stagger_s=args.stagger,
+        rounds=args.rounds,
+        kinds=None if "all" in only else tuple(only) or DEFAULT_KINDS,
+        recognizer=args.recognizer,
+        target=args.target,
+        server_pid=args.server_pid,
+        token=args.token,
+    )
+    try:
+        results = run_load(Path(args.scenario_dir), sessions, options)
+    except (ScenarioError, TargetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}", file=sys.stderr)
+    print_load_report(results)
+    return 1 if any(row["failed_sessions"] for row in results["rows"]) else 0
+
+
+def _bench_peer(args: argparse.Namespace) -> int:
+    from bargein.bench.peers import PeerNotInstalled, load_peer, run_peer_set
+    from bargein.scenario import ScenarioError
+
+    if args.clock != "real":
+        print(
+            "bargein bench: --peer runs another framework in real time: add --clock real",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        load_peer(args.peer)
+        results = run_peer_set(
+            Path(args.scenario_dir),
+            args.peer,
+            config=args.peer_config,
+            stt=args.peer_stt,
+            only=args.only or (),
+        )
+    except PeerNotInstalled as exc:
+        print(f"bargein bench: {exc}", file=sys.stderr)
+        return 2
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _report(args, results)
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.peer:
+        return _bench_peer(args)
+    if args.sessions:
+        return _bench_load(args)
     if args.target:
         return _bench_target(args)
+    from bargein.bench.report import collector_for
     from bargein.bench.runner import RunOptions, default_stack, run_set
     from bargein.scenario import ScenarioError
 
@@ -101,19 +194,54 @@ def _bench(args: argparse.Namespace) -> int:
         restart_policy=args.restart_policy,
         loudness_onset=not args.no_loudness_onset,
         preemptive=not args.no_preemptive,
+        turn_end=args.turn_end,
     )
+    if args.echo is not None:
+        options.echo = args.echo
+    if args.decider is not None:
+        from bargein.tier2 import make_decider
+
+        kind = args.decider
+        options.decider_factory = lambda: make_decider(kind)
     try:
         results = run_set(
             Path(args.scenario_dir),
             clock=args.clock,
             options=options,
             only=args.only or (),
-            stack=default_stack(transcripts=args.transcripts),
+            stack_factory=lambda: default_stack(transcripts=args.transcripts),
+            on_trace=(traces := collector_for(args)),
+            repeat=args.repeat,
+            jobs=args.jobs,
         )
-    except ScenarioError as exc:
+    except (ScenarioError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return _report(args, results)
+    return _report(args, results, traces)
+
+
+def _bench_turns(args: argparse.Namespace) -> int:
+    from bargein.turn_set import configs_for, format_turn_report, generate_turn_set, run_turn_set
+
+    print(f"Preparing the turn set in {args.dest} ...", file=sys.stderr)
+    generate_turn_set(Path(args.dest))
+    try:
+        configs = configs_for(args.turn_end or ["fixed", "semantic"], args.silence)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = run_turn_set(Path(args.dest), configs, reuse_words=not args.decode_again)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}", file=sys.stderr)
+    print(format_turn_report(results))
+    return 0
+
+
+def _report_files(args: argparse.Namespace) -> int:
+    from bargein.bench.report import report_main
+
+    return report_main(args.results, args.out)
 
 
 def _scenarios(args: argparse.Namespace) -> int:
@@ -199,7 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
         "processing included",
     )
     bench.add_argument("--out", help="write the results JSON here")
+    bench.add_argument(
+        "--report", metavar="HTML", help="write an HTML report with a timeline per scenario"
+    )
+    bench.add_argument(
+        "--traces",
+        metavar="DIR",
+        help="save each scenario's audio and timeline here (one .npz each), so that "
+        "'bargein report' can plot a saved run (docs/report.md)",
+    )
     bench.add_argument("--only", action="append", metavar="KIND", help="run only this kind")
+    bench.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="play the set K times; the summary covers every run (default 1)",
+    )
+    bench.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --clock real: play N scenarios at once, each with its own models "
+        "(the whole set in a fraction of the time, at some cost in CPU contention)",
+    )
     bench.add_argument(
         "--restart-policy",
         choices=get_args(RestartPolicy),
@@ -207,9 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="restart_policy",
     )
     bench.add_argument(
+        "--echo",
+        choices=("off", "aec", "gate", "both"),  # bargein.echo.ECHO_MODES
+        default=None,
+        help="how the session keeps its own voice fed back into the microphone from "
+        "interrupting it (default: the session's)",
+    )
+    bench.add_argument(
         "--no-loudness-onset",
         action="store_true",
         help="tier 1 waits for the VAD instead of reacting to a sudden loud sound",
+    )
+    bench.add_argument(
+        "--decider",
+        choices=("model", "rule"),  # bargein.tier2.DECIDER_KINDS
+        default=None,
+        help="tier 2: the trained model or the rule (default: the session's, docs/tier2.md)",
     )
     bench.add_argument(
         "--transcripts",
@@ -222,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start each reply only once the user's turn has certainly ended",
     )
     bench.add_argument(
+        "--turn-end",
+        choices=("fixed", "semantic"),
+        default="semantic",
+        help="end the user's turn after a fixed silence, or one set by how complete their "
+        "words sound (default; docs/turn_end.md)",
+    )
+    bench.add_argument(
         "--target",
         metavar="URL",
         help="measure a running server as the user's device would: ws://HOST:PORT/ws "
@@ -232,6 +404,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("BARGEIN_TOKEN"),
         help="the target's access token (default: $BARGEIN_TOKEN)",
+    )
+    peers = bench.add_argument_group("peers (docs/peers.md; needs the peers extra)")
+    peers.add_argument(
+        "--peer",
+        choices=["pipecat", "livekit"],
+        help="run the set through another framework's own pipeline instead of bargein's",
+    )
+    peers.add_argument(
+        "--peer-config",
+        dest="peer_config",
+        choices=["default", "minwords2"],
+        default="default",
+        help="the peer's own defaults, or its documented two-word interruption setting",
+    )
+    peers.add_argument(
+        "--peer-stt",
+        dest="peer_stt",
+        choices=["final", "interim"],
+        default="final",
+        help="scripted transcripts: final only, or interim words while the user speaks too",
+    )
+    load = bench.add_argument_group(
+        "load (docs/load.md)",
+        "--sessions N[,N...] plays N far ends at once against a load-test server started "
+        "per N (or --target) and reports latency, CPU and memory per session; it cycles "
+        "through the barge_in and short_command scenarios (--only KIND: others, --only all: "
+        "every scenario)",
+    )
+    load.add_argument("--sessions", metavar="N,N,...", help="e.g. 1,10,25,50")
+    load.add_argument(
+        "--stagger",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="start the sessions evenly over the first S seconds (default 2)",
+    )
+    load.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="scenarios each far end plays in a row (default: enough for 18 per N)",
+    )
+    load.add_argument(
+        "--recognizer",
+        choices=["known", "pocketsphinx"],
+        default="known",
+        help="the load server's recogniser: a stand-in that knows the set's recordings "
+        "(default), or the real pocketsphinx",
+    )
+    load.add_argument(
+        "--server-pid",
+        type=int,
+        dest="server_pid",
+        help="with --target: the server's process id, to measure its CPU and memory",
     )
     bench.set_defaults(func=_bench)
 
@@ -272,6 +498,40 @@ def build_parser() -> argparse.ArgumentParser:
     bench_demo.add_argument("--dest", default=str(DEFAULT_SET_DIR))
     bench_demo.add_argument("--out", default="results.json")
     bench_demo.set_defaults(func=_bench_demo)
+
+    turns = sub.add_parser(
+        "bench-turns",
+        help="measure when the agent takes the floor after complete and unfinished turns",
+    )
+    turns.add_argument("dest", nargs="?", default=str(DEFAULT_TURN_SET_DIR))
+    turns.add_argument(
+        "--turn-end",
+        action="append",
+        choices=("fixed", "semantic", "llm"),
+        help="a way to end turns (repeatable; default: fixed and semantic); llm: the "
+        "local LLM as the detector",
+    )
+    turns.add_argument(
+        "--silence",
+        type=float,
+        action="append",
+        metavar="S",
+        help="the fixed silence(s) in seconds (repeatable; default: 0.8 and 0.5)",
+    )
+    turns.add_argument("--out", help="write the results JSON here")
+    turns.add_argument(
+        "--decode-again",
+        action="store_true",
+        help="run pocketsphinx again instead of replaying its words saved by the last run",
+    )
+    turns.set_defaults(func=_bench_turns)
+
+    report = sub.add_parser(
+        "report", help="one HTML report from saved results files, compared side by side"
+    )
+    report.add_argument("results", nargs="+", help="results JSON files (bargein bench --out)")
+    report.add_argument("-o", "--out", default="report.html", help="the HTML file to write")
+    report.set_defaults(func=_report_files)
 
     diagram = sub.add_parser("diagram", help="print the policy's state diagram")
     diagram.set_defaults(func=_diagram)
@@ -344,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(name)s %(message)s",
     )
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     code: int = args.func(args)
     return code
 

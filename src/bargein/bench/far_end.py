@@ -37,7 +37,6 @@ import importlib
 import json
 import re
 import statistics
-import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from bargein.bench.microphone import (
     stop_metrics,
     user_turn_fields,
 )
+from bargein.bench.progress import Progress
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
 from bargein.providers.base import FloatAudio
@@ -705,8 +705,10 @@ def run_target_set(
     options: FarEndOptions | None = None,
     only: Sequence[str] = (),
     progress: bool = True,
+    repeat: int = 1,
 ) -> dict[str, Any]:
-    """Run every scenario of ``folder`` against ``target``, on the real clock.
+    """Run every scenario of ``folder`` against ``target``, on the real clock, ``repeat``
+    times (each result carries its ``run``).
 
     Writes the same results as :func:`bargein.bench.runner.run_set`. A scenario that
     fails is an entry in ``errors`` and the set goes on; a target that refuses the
@@ -720,13 +722,16 @@ def run_target_set(
     results: list[dict[str, Any]] = []
     problems = [str(e) for e in errors]
     reached = False
-    for i, scenario in enumerate(scenarios, 1):
-        if progress:
-            print(f"[{i}/{len(scenarios)}] {scenario.name}", file=sys.stderr, flush=True)
+    plan = [(k, s) for k in range(1, repeat + 1) for s in scenarios]
+    bar = Progress(len(plan), enabled=progress)
+    for k, scenario in plan:
+        bar.start(scenario.name)
         try:
-            results.append(asyncio.run(runner(scenario, target, token=token, options=options)))
+            result = asyncio.run(runner(scenario, target, token=token, options=options))
+            results.append({**result, "run": k})
             reached = True
         except TargetError:
+            bar.close()
             raise
         except _CannotConnect as exc:
             if not reached:
@@ -735,9 +740,13 @@ def run_target_set(
         except Exception as exc:  # one broken scenario must not stop the set
             reached = reached or isinstance(exc, ScenarioAborted)
             problems.append(f"{scenario.path.name}: run failed: {describe_error(exc)}")
+        finally:
+            bar.finish(scenario.name)
+    bar.close()
     settle_heard_text(results, {s.name: s.agent_text for s in scenarios})
     return {
         "clock": "real",
+        "repeat": repeat,
         "target": target,
         "summary": summarize(results),
         "scenarios": results,

@@ -15,11 +15,10 @@ figures are the algorithm's own latency, exactly repeatable.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,11 +30,15 @@ from bargein.bench.microphone import (
     stop_metrics,
     user_turn_fields,
 )
+from bargein.bench.progress import Progress
 from bargein.bench.speaker import SimulatedSpeaker
+from bargein.bench.trace import ScenarioTrace, trace_from_speaker
 from bargein.clock import ClockKind, run, sleep_until
 from bargein.decider import Decider
+from bargein.echo import EchoMode
 from bargein.policy import PolicyConfig, RestartPolicy
 from bargein.providers.base import (
+    FloatAudio,
     StreamingRecognizer,
     TextToSpeech,
     Transcriber,
@@ -48,6 +51,8 @@ from bargein.session import Session, SessionConfig, describe_error
 MIC_RATE = 16000
 MIC_CHUNK = 160
 """The microphone delivers 10 ms at a time, as WebRTC does (telephony sends 20 ms)."""
+ONSET_SLACK_S = 0.1
+"""How far before the ground-truth onset the session may place the same sound's onset."""
 FOLLOW_UP = "Of course. Let me help you with that right away."
 
 
@@ -84,6 +89,8 @@ def default_stack(transcripts: bool = False) -> Stack:
 class RunOptions:
     restart_policy: RestartPolicy = "respond"
     preemptive: bool = True
+    turn_end: Literal["fixed", "semantic"] = PolicyConfig.turn_end
+    """How the user's turn ends: a fixed silence, or one set by a turn-end detector."""
     first_token_s: float = 0.15
     tokens_per_s: float = 30.0
     settle_s: float = 1.0
@@ -91,9 +98,18 @@ class RunOptions:
     max_s: float = 150.0
     decider_factory: Callable[[], Decider] | None = None
     loudness_onset: bool = True
+    echo: EchoMode = SessionConfig.echo
+    """How the session keeps its own voice, fed back by a scenario's ``echo``, from
+    interrupting it (see :mod:`bargein.echo`)."""
 
 
-async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) -> dict[str, Any]:
+async def run_scenario(
+    scenario: Scenario,
+    stack: Stack,
+    options: RunOptions,
+    on_trace: Callable[[ScenarioTrace], None] | None = None,
+) -> dict[str, Any]:
+    """Play one scenario and measure it; with ``on_trace``, also hand over its trace."""
     speaker = SimulatedSpeaker(stack.tts.sample_rate, max_s=options.max_s + 5)
     llm = ScriptedLLM(
         [scenario.agent_text, FOLLOW_UP],
@@ -109,14 +125,18 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
         sink=speaker,
         config=SessionConfig(
             policy=PolicyConfig(
-                restart_policy=options.restart_policy, preemptive=options.preemptive
+                restart_policy=options.restart_policy,
+                preemptive=options.preemptive,
+                turn_end=options.turn_end,
             ),
             loudness_onset=options.loudness_onset,
+            echo=options.echo,
         ),
         decider=options.decider_factory() if options.decider_factory else None,
         transcriber=stack.transcriber,
     )
     mic = microphone_for(scenario, speaker, MIC_RATE)
+    fed: list[FloatAudio] | None = [] if on_trace is not None else None
     async with session:
         speaker.on_playout = session.playout
         stop = asyncio.Event()
@@ -130,12 +150,28 @@ async def run_scenario(scenario: Scenario, stack: Stack, options: RunOptions) ->
             n += 1
             await sleep_until(origin + n * MIC_CHUNK / MIC_RATE)
             mic.place(speaker.first_sound_at.get(1))
-            session.push_audio(mic.frame(MIC_CHUNK))
+            frame = mic.frame(MIC_CHUNK)
+            if fed is not None:
+                fed.append(frame)
+            session.push_audio(frame)
             if _finished(session, speaker, mic, n * MIC_CHUNK / MIC_RATE, options, origin):
                 break
         stop.set()
         await speaker_task
-    return _measure(scenario, session, speaker, mic, origin)
+    result = _measure(scenario, session, speaker, mic, origin)
+    if on_trace is not None and fed is not None:
+        audio = np.concatenate(fed) if fed else np.zeros(0, dtype=np.float32)
+        on_trace(
+            trace_from_speaker(
+                scenario.name,
+                audio,
+                MIC_RATE,
+                speaker,
+                onset_s=result["onset_s"],
+                records=result["timeline"],
+            )
+        )
+    return result
 
 
 def _finished(
@@ -194,17 +230,25 @@ def _measure(
     heard = reply.tracker.heard_text(speaker.played.get(1, 0)) if reply else ""
     recorded = session.recorded.get(1, "")
     records = [r for r in session.timeline if r.reply_id == 1]
+    # The overlap that answers the scenario's sound: an echo may have started one before.
+    own = next(
+        (r for r in records if onset is None or r.onset_at - origin >= onset - ONSET_SLACK_S),
+        records[0] if records else None,
+    )
     decision_ms = None
-    if records and records[0].decided_at is not None and onset is not None:
-        decision_ms = (records[0].decided_at - origin - onset) * 1000
+    if own is not None and own.decided_at is not None and onset is not None:
+        decision_ms = (own.decided_at - origin - onset) * 1000
     # Response latency: from the end of the user's speech to the answer's first sound.
     answer = _answer(session) if interrupted else None
     response_ms = None
     speech_end = mic.speech_end()
     if answer is not None and answer in speaker.first_sound_at and speech_end is not None:
         response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
+        if response_ms < 0:
+            response_ms = None  # it answered something else before the user had finished
     preemptions = session.policy.preemptions
-    tier1_at = records[0].tier1_at - origin if records and interrupted else None
+    commit = next((r for r in records if r.decision == "commit"), None)
+    tier1_at = commit.tier1_at - origin if commit is not None and interrupted else None
     ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
     return {
         **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
@@ -212,8 +256,8 @@ def _measure(
         "recorded_text": recorded,
         "state_word_errors": state_word_errors(heard, recorded),
         "llm_tokens_after_cancel": reply.tokens_after_cancel if reply else 0,
-        "decision": records[0].decision if records else None,
-        "decision_reason": records[0].reason if records else None,
+        "decision": own.decision if own else None,
+        "decision_reason": own.reason if own else None,
         "decision_ms": decision_ms,
         "after_tier1_ms": audible_after_ms(ours, speaker.sample_rate, tier1_at),
         "response_ms": response_ms,
@@ -241,30 +285,97 @@ def run_set(
     only: Sequence[str] = (),
     stack: Stack | None = None,
     progress: bool = True,
+    on_trace: Callable[[ScenarioTrace], None] | None = None,
+    repeat: int = 1,
+    jobs: int = 1,
+    stack_factory: Callable[[], Stack] | None = None,
 ) -> dict[str, Any]:
-    """Run every scenario of ``folder``; errors in one scenario never stop the others."""
+    """Run every scenario of ``folder``; errors in one scenario never stop the others.
+
+    ``repeat`` plays the set that many times (each result carries its ``run``, from 1).
+    On the real clock, ``jobs`` plays that many scenarios at once, each with its own
+    stack from ``stack_factory`` (sessions share no model state); on the virtual clock
+    the CPU is not the clock, so scenarios always run one at a time. ``on_trace``
+    receives each scenario's :class:`ScenarioTrace` (none are kept otherwise).
+    """
+    if repeat < 1 or jobs < 1:
+        raise ValueError("repeat and jobs must be at least 1")
     options = options or RunOptions()
     scenarios, errors = load_set(folder)
     if only:
         scenarios = [s for s in scenarios if s.kind in only]
-    stack = stack or default_stack()
-    results: list[dict[str, Any]] = []
+    factory = stack_factory or default_stack
+    stack = stack or factory()
+    plan = [(k, s) for k in range(1, repeat + 1) for s in scenarios]
     problems = [str(e) for e in errors]
-    for i, scenario in enumerate(scenarios, 1):
-        if progress:
-            print(f"[{i}/{len(scenarios)}] {scenario.name}", file=sys.stderr, flush=True)
-        try:
-            results.append(run(run_scenario(scenario, stack, options), clock))
-        except ScenarioError as exc:
-            problems.append(str(exc))
-        except Exception as exc:  # one broken scenario must not stop the set
-            problems.append(f"{scenario.path.name}: run failed: {describe_error(exc)}")
+    bar = Progress(len(plan), enabled=progress)
+    if clock == "real" and jobs > 1 and len(plan) > 1:
+        stacks = [stack, *(factory() for _ in range(min(jobs, len(plan)) - 1))]
+        outcomes = run(_run_together(plan, stacks, options, on_trace, bar), "real")
+    else:
+        outcomes = []
+        for k, scenario in plan:
+
+            def play(scenario: Scenario = scenario) -> dict[str, Any]:
+                return run(run_scenario(scenario, stack, options, on_trace), clock)
+
+            outcomes.append(_run_one(play, scenario, k, bar))
+    bar.close()
+    results = [r for r in outcomes if isinstance(r, dict)]
+    problems += [r for r in outcomes if isinstance(r, str)]
     return {
         "clock": clock,
+        "repeat": repeat,
+        "jobs": jobs if clock == "real" else 1,
         "summary": summarize(results),
         "scenarios": results,
         "errors": problems,
     }
+
+
+def _run_one(
+    play: Callable[[], dict[str, Any]], scenario: Scenario, k: int, bar: Progress
+) -> dict[str, Any] | str:
+    """One scenario's result, or the line that says why it has none."""
+    bar.start(scenario.name)
+    try:
+        return {**play(), "run": k}
+    except ScenarioError as exc:
+        return str(exc)
+    except Exception as exc:  # one broken scenario must not stop the set
+        return f"{scenario.path.name}: run failed: {describe_error(exc)}"
+    finally:
+        bar.finish(scenario.name)
+
+
+async def _run_together(
+    plan: Sequence[tuple[int, Scenario]],
+    stacks: Sequence[Stack],
+    options: RunOptions,
+    on_trace: Callable[[ScenarioTrace], None] | None,
+    bar: Progress,
+) -> list[dict[str, Any] | str]:
+    """Play ``plan`` on the real clock, one worker per stack, results in plan order."""
+    outcomes: list[dict[str, Any] | str] = [""] * len(plan)
+    queue = list(enumerate(plan))
+
+    async def worker(stack: Stack) -> None:
+        while queue:
+            i, (k, scenario) = queue.pop(0)
+            bar.start(scenario.name)
+            try:
+                outcomes[i] = {**await run_scenario(scenario, stack, options, on_trace), "run": k}
+            except ScenarioError as exc:
+                outcomes[i] = str(exc)
+            except Exception as exc:  # one broken scenario must not stop the set
+                outcomes[i] = f"{scenario.path.name}: run failed: {describe_error(exc)}"
+            finally:
+                bar.finish(scenario.name)
+
+    async with asyncio.TaskGroup() as group:
+        for stack in stacks:
+            group.create_task(worker(stack))
+    return outcomes
 
 
 def print_report(results: dict[str, Any]) -> None:
