@@ -275,6 +275,38 @@ async def test_audio_queued_for_a_cleared_reply_is_never_sent() -> None:
     assert outbox.backlog_s == 0.0
 
 
+async def test_audio_is_paced_by_the_clients_cursor_and_controls_never_wait() -> None:
+    now = [0.0]
+    outbox = Outbox(TTS_RATE, lead_s=0.5, clock=lambda: now[0])
+    sink = RemoteSink(TTS_RATE, outbox)
+    sink.write(1, np.full(2 * TTS_RATE, 0.5, dtype=np.float32))  # 8 pieces of 0.25 s
+    # Before any report there is no cursor to pace by: audio flows.
+    first = await outbox.get()
+    outbox.sent()
+    outbox.played(1, 0)
+    second = await outbox.get()
+    outbox.sent()
+    assert not isinstance(first, str) and not isinstance(second, str)
+    # 0.5 s in flight, none played: the next piece waits, but a pause goes at once.
+    sink.pause()
+    assert await asyncio.wait_for(outbox.get(), 0.1) == '{"type": "pause"}'
+    outbox.sent()
+    waiting = asyncio.ensure_future(outbox.get())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    # The client plays a quarter second: one more piece may go.
+    now[0] = 3.0
+    outbox.played(1, TTS_RATE // 4)
+    third = await asyncio.wait_for(waiting, 0.1)
+    assert not isinstance(third, str) and third.reply_id == 1
+    outbox.sent()
+    # Held audio is not a stalled client while its cursor moves; a clear drops it.
+    assert outbox.backlog_s == 1.25 and not outbox.stalled()
+    sink.clear()
+    assert await asyncio.wait_for(outbox.get(), 0.1) == '{"type": "clear"}'
+    assert outbox.backlog_s == 0.0
+
+
 def test_agent_audio_is_the_reply_id_then_pcm16() -> None:
     message = encode_audio(7, np.array([0.0, 0.5, -1.0, 2.0], dtype=np.float32))
     assert message[:4] == b"\x07\x00\x00\x00"

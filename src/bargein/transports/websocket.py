@@ -82,6 +82,9 @@ AUDIO_CHUNK_S = 0.25
 """Agent audio goes out in pieces this long, so a clear can drop what is not yet sent."""
 MAX_BACKLOG_S = 5.0
 STALL_S = 1.0
+LEAD_S = 1.0
+"""Audio sent but not yet played, per reply, once the client reports its cursor. More
+would only sit in socket buffers, where a pause or clear queues behind it."""
 CLOSE_TIMEOUT_S = 5.0
 
 _HEADER = struct.Struct("<I")
@@ -125,11 +128,17 @@ class SlowClient(Exception):
 class Outbox:
     """Messages waiting for the socket, in order, with the audio among them measured.
 
-    A client is *stalled* when more than ``max_backlog_s`` of audio waits here and
-    nothing has been handed to the socket for ``stall_s``. Both conditions matter: a
-    reply's audio arrives in bursts far longer than five seconds that a reading client
-    takes in milliseconds, and a slow link that keeps taking messages is not a client
-    that stopped reading.
+    Audio is paced by the client's own cursor: once a reply's playout has been reported,
+    at most ``lead_s`` of it is in flight (sent, not yet played), and the rest waits
+    here, where ``clear`` drops it for free. Text messages (controls, display) never
+    wait behind held audio: a ``pause`` reaches the client in one round trip whatever
+    is queued.
+
+    A client is *stalled* when more than ``max_backlog_s`` of audio waits here and it
+    has neither taken a message nor reported playing anything for ``stall_s``. Both
+    conditions matter: a reply's audio arrives in bursts far longer than five seconds
+    that a reading client takes in milliseconds, and a slow link that keeps taking
+    messages is not a client that stopped reading.
     """
 
     def __init__(
@@ -138,17 +147,21 @@ class Outbox:
         *,
         max_backlog_s: float = MAX_BACKLOG_S,
         stall_s: float = STALL_S,
+        lead_s: float | None = LEAD_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sample_rate = sample_rate
         self.max_backlog_s = max_backlog_s
         self.stall_s = stall_s
+        self.lead = None if lead_s is None else round(lead_s * sample_rate)
         self._clock = clock
         self._items: deque[_Audio | str] = deque()
         self._audio_samples = 0
         self._in_flight = False
         self._busy_since = clock()
         self._wake = asyncio.Event()
+        self._sent: dict[int, int] = {}
+        self._played: dict[int, int] = {}
 
     @property
     def backlog_s(self) -> float:
@@ -166,24 +179,51 @@ class Outbox:
         self._items = deque(item for item in self._items if isinstance(item, str))
         self._audio_samples = 0
 
+    def played(self, reply_id: int, samples: int) -> None:
+        """The client's cursor: it has played ``samples`` of ``reply_id``."""
+        if samples > self._played.get(reply_id, -1):
+            self._played[reply_id] = samples
+            self._busy_since = self._clock()  # it is reading what it was sent
+            self._wake.set()
+
     def stalled(self) -> bool:
         waited = self._clock() - self._busy_since
         return self.backlog_s > self.max_backlog_s and waited > self.stall_s
 
     async def get(self) -> _Audio | str:
         """The next message to send; call :meth:`sent` once the socket has taken it."""
-        while not self._items:
+        while (index := self._next()) is None:
             self._wake.clear()
             await self._wake.wait()
-        item = self._items.popleft()
+        item = self._items[index]
+        del self._items[index]
         if isinstance(item, _Audio):
             self._audio_samples -= item.samples
+            self._sent[item.reply_id] = self._sent.get(item.reply_id, 0) + item.samples
         self._in_flight = True
         return item
 
     def sent(self) -> None:
         self._in_flight = False
         self._busy_since = self._clock()
+
+    def _next(self) -> int | None:
+        """The first message that may go now: in order, except past held audio."""
+        audio_held = False
+        for index, item in enumerate(self._items):
+            if isinstance(item, str):
+                return index
+            if not audio_held:
+                if self._may_send(item):
+                    return index
+                audio_held = True  # and so is every later piece of audio
+        return None
+
+    def _may_send(self, item: _Audio) -> bool:
+        played = self._played.get(item.reply_id)
+        if self.lead is None or played is None:
+            return True  # no cursor yet: nothing to pace by
+        return self._sent.get(item.reply_id, 0) - played < self.lead
 
     def _put(self, item: _Audio | str) -> None:
         if not self._items and not self._in_flight:
@@ -603,6 +643,7 @@ class Connection:
             self.session.playout(reply, played)
         except (ValueError, PolicyError) as exc:
             raise ProtocolError(str(exc)) from None
+        self.outbox.played(reply, played)
 
     def _on_bench(self, kind: str, message: dict[str, Any]) -> None:
         if not self.bench:
