@@ -35,7 +35,14 @@ def state_word_errors(heard: str, recorded: str) -> int:
 def audible_window_times(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Start times (s) of the 10 ms windows of ``audio`` above the audibility threshold."""
     levels = window_dbfs(audio, sample_rate, WINDOW_MS)
-    return np.flatnonzero(levels > AUDIBLE_DBFS) * (WINDOW_MS / 1000.0)
+    return np.flatnonzero(levels > AUDIBLE_DBFS) * window_seconds(sample_rate)
+
+
+def window_seconds(sample_rate: int) -> float:
+    """The exact length of a "10 ms" window at ``sample_rate``: a whole number of samples
+    (220 at 22.05 kHz, 9.98 ms). Counting windows as 10 ms each would drift 2 ms per second
+    of audio, 40 ms by the twentieth second of a reply."""
+    return max(1, round(sample_rate * WINDOW_MS / 1000.0)) / sample_rate
 
 
 def audible_after_ms(audio: np.ndarray, sample_rate: int, t0: float | None) -> float | None:
@@ -50,7 +57,7 @@ def audible_after_ms(audio: np.ndarray, sample_rate: int, t0: float | None) -> f
     audible = audible_window_times(audio.astype(np.float32), sample_rate)
     if not len(audible):
         return 0.0
-    last = float(audible[-1]) + WINDOW_MS / 1000.0
+    last = float(audible[-1]) + window_seconds(sample_rate)
     return max(0.0, last - t0) * 1000
 
 

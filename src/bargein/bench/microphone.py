@@ -23,7 +23,7 @@ import numpy.typing as npt
 from scipy.signal import oaconvolve
 
 from bargein.audio import last_audible
-from bargein.bench.metrics import MISSED_AFTER_S, WINDOW_MS, audible_window_times
+from bargein.bench.metrics import MISSED_AFTER_S, audible_window_times, window_seconds
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.providers.base import FloatAudio
 from bargein.scenario import Scenario
@@ -195,7 +195,7 @@ def stop_metrics(
     end = speaker.rendered
     ours = np.where(speaker.reply_at[:end] == reply_id, speaker.recording[:end], 0.0)
     audible = audible_window_times(ours.astype(np.float32), speaker.sample_rate)
-    last = float(audible[-1]) + WINDOW_MS / 1000.0 if len(audible) else None
+    last = float(audible[-1]) + window_seconds(speaker.sample_rate) if len(audible) else None
     latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
     late = audible[audible >= onset + MISSED_AFTER_S]
     return StopMetrics(latency, bool(len(late)) or not interrupted)

@@ -247,8 +247,12 @@ def _measure(
         if response_ms < 0:
             response_ms = None  # it answered something else before the user had finished
     preemptions = session.policy.preemptions
+    # The tier-1 action as the loudspeaker got it: its first pause, duck or clear after
+    # the committed overlap began.
     commit = next((r for r in records if r.decision == "commit"), None)
-    tier1_at = commit.tier1_at - origin if commit is not None and interrupted else None
+    tier1_at = None
+    if commit is not None and interrupted:
+        tier1_at = next((t for t, _ in speaker.controls if t >= commit.onset_at - origin), None)
     ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
     return {
         **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),

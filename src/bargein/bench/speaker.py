@@ -44,6 +44,9 @@ class SimulatedSpeaker:
         self._paused = False
         self._gain = 1.0
         self._position = 0  # samples of clock time already rendered
+        self.controls: list[tuple[float, str]] = []
+        """Every pause, duck and clear while playing: recording time, kind."""
+        self._origin: float | None = None
 
     # -- the AudioSink protocol ---------------------------------------------------------
 
@@ -53,6 +56,7 @@ class SimulatedSpeaker:
             self._queue.append(_Queued(reply_id, audio))
 
     def pause(self) -> None:
+        self._note("pause")
         self._paused = True
 
     def resume(self) -> None:
@@ -60,12 +64,18 @@ class SimulatedSpeaker:
         self._gain = 1.0
 
     def duck(self, gain: float) -> None:
+        self._note("duck")
         self._gain = gain
 
     def clear(self) -> None:
+        self._note("clear")
         self._queue.clear()
         self._paused = False
         self._gain = 1.0
+
+    def _note(self, kind: str) -> None:
+        if self._origin is not None:
+            self.controls.append((asyncio.get_running_loop().time() - self._origin, kind))
 
     # -- playback -----------------------------------------------------------------------
 
@@ -113,6 +123,7 @@ class SimulatedSpeaker:
     async def run(self, stop: asyncio.Event, origin: float) -> None:
         """Play until ``stop``; the recording's time 0 is clock time ``origin``."""
         loop = asyncio.get_running_loop()
+        self._origin = origin
         t = loop.time()
         while not stop.is_set():
             t += self.tick_s

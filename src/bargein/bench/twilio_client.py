@@ -51,9 +51,9 @@ from bargein.bench.far_end import (
 )
 from bargein.bench.metrics import (
     MISSED_AFTER_S,
-    WINDOW_MS,
     audible_after_ms,
     audible_window_times,
+    window_seconds,
 )
 from bargein.bench.microphone import Microphone, microphone_for
 from bargein.bench.speaker import SimulatedSpeaker
@@ -542,7 +542,7 @@ def _stop_metrics(
         return None, not interrupted
     ours = np.where(recording.reply_at == 1, recording.audio, np.float32(0))
     audible = audible_window_times(ours.astype(np.float32), recording.sample_rate)
-    last = float(audible[-1]) + WINDOW_MS / 1000.0 if len(audible) else None
+    last = float(audible[-1]) + window_seconds(recording.sample_rate) if len(audible) else None
     latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
     late = audible[audible >= onset + MISSED_AFTER_S]
     return latency, bool(len(late)) or not interrupted
