@@ -116,12 +116,14 @@ def test_metric_helpers() -> None:
     assert summarize(rows)["noise"]["false_interruption_rate"] == 1.0
     assert summarize(rows)["noise"]["bursts"] == 0
     assert summarize([{**rows[0], "after_tier1_ms": 41.0}])["noise"]["bursts"] == 1
-    # Audible 10 ms windows end at 0.3 s; a tier-1 action at 0.25 s leaves 50 ms behind it.
+    # Audible 10 ms windows end at 0.3 s; the pause at 0.25 s (an earlier one was resumed)
+    # leaves 50 ms behind it.
     audio = np.zeros(8000, dtype=np.float32)
     audio[1600:4800] = 0.5
-    assert audible_after_ms(audio, 16000, 0.25) == pytest.approx(50.0)
-    assert audible_after_ms(audio, 16000, 0.4) == 0.0
+    assert audible_after_ms(audio, 16000, [0.1, 0.25]) == pytest.approx(50.0)
+    assert audible_after_ms(audio, 16000, [0.4]) == 0.0
     assert audible_after_ms(audio, 16000, None) is None
+    assert audible_after_ms(audio, 16000, []) is None
 
 
 def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

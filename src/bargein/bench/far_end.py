@@ -366,11 +366,9 @@ class FarEndRun:
         if answer is not None and speech_end is not None:
             response_ms = (speaker.first_sound_at[answer] - speech_end) * 1000
         kept = server.users[max(server.users)] if server.users else ""
-        tier1_at = None
+        controls = None
         if interrupted and onset is not None:
-            tier1_at = next(
-                (at for at, kind in server.controls if at >= onset and kind in _TIER1), None
-            )
+            controls = [at for at, kind in server.controls if at >= onset and kind in _TIER1]
         ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
         result: dict[str, Any] = {
             **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
@@ -383,7 +381,7 @@ class FarEndRun:
             "decision": records[0].get("decision") if records else None,
             "decision_reason": records[0].get("reason") if records else None,
             "decision_ms": self._decision_ms(records, onset),
-            "after_tier1_ms": audible_after_ms(ours, rate, tier1_at),
+            "after_tier1_ms": audible_after_ms(ours, rate, controls),
             "response_ms": response_ms,
             # What the server did internally is not observable from here.
             "llm_calls": None,

@@ -45,20 +45,26 @@ def window_seconds(sample_rate: int) -> float:
     return max(1, round(sample_rate * WINDOW_MS / 1000.0)) / sample_rate
 
 
-def audible_after_ms(audio: np.ndarray, sample_rate: int, t0: float | None) -> float | None:
-    """How long after ``t0`` (s) ``audio`` was last audible, in ms (0 if it went quiet
-    before); None without a ``t0``.
+def audible_after_ms(
+    audio: np.ndarray, sample_rate: int, controls: Sequence[float] | None
+) -> float | None:
+    """How long ``audio`` stayed audible after the tier-1 action that silenced it, in ms;
+    None without any action.
 
-    With ``t0`` the tier-1 action as it reached the ear, this is the flush's leak: a
-    pause that empties every buffer leaves nothing audible beyond one window.
+    ``controls`` are the times (s) at which tier-1 actions (pause, duck, clear) reached
+    the ear. The one that silenced the reply is the latest before its last audible
+    window ends: an earlier pause followed by a resume (a false alarm, then the real
+    interruption) is not a leak. A flush that empties every buffer leaves nothing
+    audible beyond the window it landed in.
     """
-    if t0 is None:
+    if not controls:
         return None
     audible = audible_window_times(audio.astype(np.float32), sample_rate)
     if not len(audible):
         return 0.0
     last = float(audible[-1]) + window_seconds(sample_rate)
-    return max(0.0, last - t0) * 1000
+    before = [t for t in controls if t <= last]
+    return (last - max(before)) * 1000 if before else 0.0
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

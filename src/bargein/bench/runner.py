@@ -247,12 +247,10 @@ def _measure(
         if response_ms < 0:
             response_ms = None  # it answered something else before the user had finished
     preemptions = session.policy.preemptions
-    # The tier-1 action as the loudspeaker got it: its first pause, duck or clear after
-    # the committed overlap began.
-    commit = next((r for r in records if r.decision == "commit"), None)
-    tier1_at = None
-    if commit is not None and interrupted:
-        tier1_at = next((t for t, _ in speaker.controls if t >= commit.onset_at - origin), None)
+    # The tier-1 actions as the loudspeaker got them (pause, duck, clear) after onset.
+    controls = None
+    if interrupted and onset is not None:
+        controls = [t for t, _ in speaker.controls if t >= onset - ONSET_SLACK_S]
     ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
     return {
         **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
@@ -263,7 +261,7 @@ def _measure(
         "decision": own.decision if own else None,
         "decision_reason": own.reason if own else None,
         "decision_ms": decision_ms,
-        "after_tier1_ms": audible_after_ms(ours, speaker.sample_rate, tier1_at),
+        "after_tier1_ms": audible_after_ms(ours, speaker.sample_rate, controls),
         "response_ms": response_ms,
         "llm_calls": len(session.replies),
         "preemptive_calls": len(preemptions),

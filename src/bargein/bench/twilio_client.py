@@ -680,11 +680,11 @@ def measure_twilio_call(
         "decision_reason": None,
         "decision_ms": None,
         "first_clear_ms": first_clear_ms,
-        # A pause on a phone line is a clear: the first one after onset is tier 1.
+        # A pause on a phone line is a clear, and so is the flush.
         "after_tier1_ms": audible_after_ms(
             np.where(recording.reply_at == 1, recording.audio, np.float32(0)),
             recording.sample_rate,
-            first_clear if interrupted else None,
+            [c for c in recording.clears if c >= onset] if interrupted and onset else None,
         ),
         "response_ms": response_ms,
         "llm_calls": None,
