@@ -53,10 +53,11 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import butter, fftconvolve, sosfilt
+from scipy.signal import fftconvolve
 
 from bargein import tier2
 from bargein.audio import first_audible, last_audible, resample, window_dbfs, write_wav
+from bargein.builtin_set import band_pass
 from bargein.decider import Decision, Overlap, RuleDecider
 from bargein.echo import EchoMode
 from bargein.espeak import SpeakRequest, synthesize_batch
@@ -387,16 +388,7 @@ def build_samples() -> list[Sample]:
 
 
 def _band(x: FloatArray, lo: float | None, hi: float | None, order: int = 4) -> FloatArray:
-    nyq = SR / 2
-    if lo is not None and hi is not None:
-        sos = butter(order, [lo / nyq, min(hi / nyq, 0.99)], btype="bandpass", output="sos")
-    elif lo is not None:
-        sos = butter(order, lo / nyq, btype="highpass", output="sos")
-    elif hi is not None:
-        sos = butter(order, min(hi / nyq, 0.99), btype="lowpass", output="sos")
-    else:
-        return x
-    return np.asarray(sosfilt(sos, x), dtype=np.float64)
+    return np.asarray(band_pass(x, SR, lo, hi, order), dtype=np.float64)
 
 
 def _decay(n: int, attack_s: float, tau_s: float) -> FloatArray:
@@ -864,10 +856,17 @@ class Data:
     kinds: dict[str, str]
 
 
-def subset(rows: dict[str, Any], meta: dict[str, dict[str, str]], splits: Sequence[str]) -> Data:
-    keep = np.array([meta[str(n)]["split"] in splits for n in rows["name"]], dtype=bool) & (
-        rows["overlap"] == 0
-    )
+def subset(
+    rows: dict[str, Any],
+    meta: dict[str, dict[str, str]],
+    splits: Sequence[str],
+    *,
+    first_overlap_only: bool = True,
+) -> Data:
+    """The rows of clips in ``splits``: their first overlaps, or every one."""
+    keep = np.array([meta[str(n)]["split"] in splits for n in rows["name"]], dtype=bool)
+    if first_overlap_only:
+        keep &= rows["overlap"] == 0
     names = sorted({str(n) for n in rows["name"][keep]})
     position = {n: i for i, n in enumerate(names)}
     return Data(
@@ -885,18 +884,7 @@ def train_rows(
     rows: dict[str, Any], meta: dict[str, dict[str, str]], splits: Sequence[str]
 ) -> Data:
     """Training uses the first overlaps and the later ones (echo comes back after a resume)."""
-    keep = np.array([meta[str(n)]["split"] in splits for n in rows["name"]], dtype=bool)
-    names = sorted({str(n) for n in rows["name"][keep]})
-    position = {n: i for i, n in enumerate(names)}
-    return Data(
-        x=rows["x"][keep],
-        y=np.array([CLASSES.index(meta[str(n)]["label"]) for n in rows["name"][keep]]),
-        t=rows["t"][keep],
-        clip=np.array([position[str(n)] for n in rows["name"][keep]]),
-        names=names,
-        labels={n: meta[n]["label"] for n in names},
-        kinds={n: meta[n]["kind"] for n in names},
-    )
+    return subset(rows, meta, splits, first_overlap_only=False)
 
 
 def fit(data: Data, kind: str, seed: int = 0) -> Tier2Model:

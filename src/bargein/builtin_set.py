@@ -282,7 +282,10 @@ def _env(n: int, sr: int, attack_s: float, decay_s: float) -> np.ndarray:
     return np.asarray(env / (peak or 1.0))
 
 
-def _band(x: np.ndarray, sr: int, lo: float | None, hi: float | None, order: int = 4) -> np.ndarray:
+def band_pass(
+    x: np.ndarray, sr: int, lo: float | None, hi: float | None, order: int = 4
+) -> np.ndarray:
+    """Butterworth band-, high- or low-pass (``None`` leaves that edge open)."""
     nyq = sr / 2.0
     if lo is not None and hi is not None:
         sos = butter(order, [lo / nyq, min(hi / nyq, 0.99)], btype="bandpass", output="sos")
@@ -305,13 +308,13 @@ def _cough(sr: int, rng: np.random.Generator) -> np.ndarray:
     out = np.zeros(int(0.7 * sr))
     for start_s, length_s, gain in ((0.0, 0.28, 1.0), (0.36, 0.22, 0.6)):
         n = int(length_s * sr)
-        burst = _band(rng.standard_normal(n), sr, 250.0, 2600.0)
+        burst = band_pass(rng.standard_normal(n), sr, 250.0, 2600.0)
         # A little low voicing under the breath noise, as in a real cough.
         t = np.arange(n) / sr
         voiced = 0.3 * np.sign(np.sin(2 * np.pi * 140.0 * t)) * float(np.std(burst))
         _place(
             out,
-            gain * (burst + _band(voiced, sr, None, 900.0)) * _env(n, sr, 0.008, 0.07),
+            gain * (burst + band_pass(voiced, sr, None, 900.0)) * _env(n, sr, 0.008, 0.07),
             int(start_s * sr),
         )
     return out
@@ -327,7 +330,7 @@ def _knock(sr: int, rng: np.random.Generator) -> np.ndarray:
         for freq, tau, amp in ((170.0, 0.045, 1.0), (310.0, 0.03, 0.6), (560.0, 0.018, 0.35)):
             jitter = 1.0 + 0.03 * rng.standard_normal()
             body += amp * np.sin(2 * np.pi * freq * jitter * t) * np.exp(-t / tau)
-        click = _band(rng.standard_normal(n), sr, 800.0, 4000.0) * np.exp(-t / 0.002) * 0.5
+        click = band_pass(rng.standard_normal(n), sr, 800.0, 4000.0) * np.exp(-t / 0.002) * 0.5
         start = int((0.02 + 0.19 * k + 0.01 * rng.random()) * sr)
         _place(out, (body + click) * (1.0 - 0.15 * k), start)
     return out
@@ -340,7 +343,7 @@ def _keyboard(sr: int, rng: np.random.Generator) -> np.ndarray:
     while pos < 0.82:
         n = int(0.012 * sr)
         t = np.arange(n) / sr
-        click = _band(rng.standard_normal(n), sr, 1500.0, None) * np.exp(-t / 0.0025)
+        click = band_pass(rng.standard_normal(n), sr, 1500.0, None) * np.exp(-t / 0.0025)
         ring = np.sin(2 * np.pi * rng.uniform(2200.0, 3800.0) * t) * np.exp(-t / 0.004) * 0.4
         _place(out, (click + ring) * rng.uniform(0.5, 1.0), int(pos * sr))
         pos += rng.uniform(0.06, 0.14)
@@ -351,7 +354,7 @@ def _sigh(sr: int, rng: np.random.Generator) -> np.ndarray:
     """An exhaled sigh: low-passed noise under a slow rise and a long fall."""
     n = int(0.85 * sr)
     t = np.arange(n) / sr
-    noise = _band(rng.standard_normal(n), sr, 120.0, 1300.0, order=2)
+    noise = band_pass(rng.standard_normal(n), sr, 120.0, 1300.0, order=2)
     rise = np.clip(t / 0.22, 0.0, 1.0) ** 2
     fall = np.where(t < 0.22, 1.0, np.exp(-(t - 0.22) / 0.22))
     return np.asarray(noise * rise * fall)
@@ -362,7 +365,7 @@ def _clap(sr: int, rng: np.random.Generator) -> np.ndarray:
     out = np.zeros(int(0.45 * sr))
     for start_s, gain in ((0.0, 1.0), (0.24, 0.85)):
         n = int(0.09 * sr)
-        burst = _band(rng.standard_normal(n), sr, 900.0, 5500.0) * _env(n, sr, 0.0008, 0.014)
+        burst = band_pass(rng.standard_normal(n), sr, 900.0, 5500.0) * _env(n, sr, 0.0008, 0.014)
         _place(out, gain * burst, int(start_s * sr))
     return out
 
@@ -372,8 +375,8 @@ def _bang(sr: int, rng: np.random.Generator) -> np.ndarray:
     n = int(0.7 * sr)
     t = np.arange(n) / sr
     thump = np.sin(2 * np.pi * 62.0 * t) * np.exp(-t / 0.12)
-    crack = _band(rng.standard_normal(n), sr, 200.0, 6000.0) * np.exp(-t / 0.03)
-    rattle = _band(rng.standard_normal(n), sr, 400.0, 1500.0) * np.exp(-t / 0.15) * 0.15
+    crack = band_pass(rng.standard_normal(n), sr, 200.0, 6000.0) * np.exp(-t / 0.03)
+    rattle = band_pass(rng.standard_normal(n), sr, 400.0, 1500.0) * np.exp(-t / 0.15) * 0.15
     return np.asarray(thump + 0.8 * crack + rattle)
 
 
@@ -381,11 +384,11 @@ def _paper_rustle(sr: int, rng: np.random.Generator) -> np.ndarray:
     """A sheet of paper handled: a soft hiss under dozens of short, bright crackles."""
     n = int(0.9 * sr)
     t = np.arange(n) / sr
-    out = 0.12 * _band(rng.standard_normal(n), sr, 1500.0, 7000.0) * np.sin(np.pi * t / t[-1])
+    out = 0.12 * band_pass(rng.standard_normal(n), sr, 1500.0, 7000.0) * np.sin(np.pi * t / t[-1])
     for _ in range(45):
         length = int(rng.uniform(0.004, 0.025) * sr)
         tt = np.arange(length) / sr
-        crackle = _band(rng.standard_normal(length), sr, 1000.0, 7500.0, order=2)
+        crackle = band_pass(rng.standard_normal(length), sr, 1000.0, 7500.0, order=2)
         crackle *= np.exp(-tt / rng.uniform(0.002, 0.008)) * rng.uniform(0.2, 1.0)
         _place(out, crackle, int(rng.uniform(0.0, 0.86) * sr))
     return np.asarray(out)
@@ -400,8 +403,8 @@ def _dog_bark(sr: int, rng: np.random.Generator) -> np.ndarray:
         f0 = rng.uniform(480.0, 620.0) * np.exp(-t / 0.25)
         phase = 2 * np.pi * np.cumsum(f0) / sr
         voiced = sum(np.sin(k * phase) / k for k in range(1, 9))
-        breath = _band(rng.standard_normal(n), sr, 500.0, 3000.0) * 0.4
-        bark = _band(np.asarray(voiced) + breath, sr, 300.0, 3500.0, order=2)
+        breath = band_pass(rng.standard_normal(n), sr, 500.0, 3000.0) * 0.4
+        bark = band_pass(np.asarray(voiced) + breath, sr, 300.0, 3500.0, order=2)
         _place(out, gain * bark * _env(n, sr, 0.005, 0.06), int(start_s * sr))
     return out
 
@@ -417,7 +420,7 @@ def _phone_ring(sr: int, rng: np.random.Generator) -> np.ndarray:
         warble = 1.0 + 0.35 * np.sin(2 * np.pi * 20.0 * t)
         edges = np.clip(np.minimum(t, t[-1] - t) / 0.01, 0.0, 1.0)
         _place(out, np.tanh(1.5 * tones * warble) * edges, int(start_s * sr))
-    return np.asarray(_band(out, sr, 300.0, 3400.0, order=2))
+    return np.asarray(band_pass(out, sr, 300.0, 3400.0, order=2))
 
 
 def _door_close(sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -431,16 +434,18 @@ def _door_close(sr: int, rng: np.random.Generator) -> np.ndarray:
         pulses[int(pos * sr)] = rng.uniform(0.6, 1.0)
         rate = 70.0 + 90.0 * pos / 0.4
         pos += (1.0 + 0.15 * rng.standard_normal()) / rate
-    creak = _band(pulses, sr, 650.0, 800.0, order=2) + 0.6 * _band(pulses, sr, 1300.0, 1550.0, 2)
+    creak = band_pass(pulses, sr, 650.0, 800.0, order=2) + 0.6 * band_pass(
+        pulses, sr, 1300.0, 1550.0, 2
+    )
     creak *= np.sin(np.pi * np.arange(creak_n) / creak_n)
     _place(out, 0.5 * creak / (float(np.max(np.abs(creak))) or 1.0), 0)
     n = int(0.4 * sr)
     t = np.arange(n) / sr
-    click = _band(rng.standard_normal(n), sr, 2000.0, 6000.0) * np.exp(-t / 0.003)
+    click = band_pass(rng.standard_normal(n), sr, 2000.0, 6000.0) * np.exp(-t / 0.003)
     thump = np.sin(2 * np.pi * 90.0 * t) * np.exp(-t / 0.07)
     _place(out, 0.5 * click, int(0.45 * sr))
-    _place(out, thump + 0.3 * _band(rng.standard_normal(n), sr, None, 400.0) * np.exp(-t / 0.05),
-           int(0.47 * sr))  # fmt: skip
+    rumble = band_pass(rng.standard_normal(n), sr, None, 400.0)
+    _place(out, thump + 0.3 * rumble * np.exp(-t / 0.05), int(0.47 * sr))
     return out
 
 
@@ -454,7 +459,7 @@ def _cup_clink(sr: int, rng: np.random.Generator) -> np.ndarray:
         ring = np.zeros(n)
         for ratio, tau, amp in ((1.0, 0.22, 1.0), (1.61, 0.1, 0.5), (2.32, 0.06, 0.3)):
             ring += amp * np.sin(2 * np.pi * base * ratio * t) * np.exp(-t / tau)
-        tick = _band(rng.standard_normal(n), sr, 3000.0, None) * np.exp(-t / 0.001)
+        tick = band_pass(rng.standard_normal(n), sr, 3000.0, None) * np.exp(-t / 0.001)
         fade = np.clip((t[-1] - t) / 0.1, 0.0, 1.0)
         _place(out, gain * (ring + 0.5 * tick) * fade, int(start_s * sr))
     return out
@@ -467,9 +472,9 @@ def _footsteps(sr: int, rng: np.random.Generator) -> np.ndarray:
     for _ in range(4):
         n = int(0.2 * sr)
         t = np.arange(n) / sr
-        heel = _band(rng.standard_normal(n), sr, 40.0, 300.0, order=2) * np.exp(-t / 0.035)
+        heel = band_pass(rng.standard_normal(n), sr, 40.0, 300.0, order=2) * np.exp(-t / 0.035)
         heel += 0.6 * np.sin(2 * np.pi * rng.uniform(70.0, 95.0) * t) * np.exp(-t / 0.05)
-        scuff = _band(rng.standard_normal(n), sr, 1000.0, 4000.0) * _env(n, sr, 0.004, 0.03)
+        scuff = band_pass(rng.standard_normal(n), sr, 1000.0, 4000.0) * _env(n, sr, 0.004, 0.03)
         _place(out, heel / (float(np.max(np.abs(heel))) or 1.0), int(pos * sr))
         _place(out, 0.25 * scuff / (float(np.max(np.abs(scuff))) or 1.0), int((pos + 0.03) * sr))
         pos += rng.uniform(0.42, 0.5)
@@ -484,8 +489,8 @@ def _throat_clear(sr: int, rng: np.random.Generator) -> np.ndarray:
         t = np.arange(n) / sr
         f0 = 105.0 * (1.0 + 0.04 * np.cumsum(rng.standard_normal(n)) / np.sqrt(sr))
         saw = 2.0 * ((np.cumsum(f0) / sr) % 1.0) - 1.0
-        rough = _band(rng.standard_normal(n), sr, 200.0, 2200.0) * 0.8
-        sound = _band(saw * (0.6 + 0.4 * rng.standard_normal(n)) + rough, sr, 150.0, 2000.0, 2)
+        rough = band_pass(rng.standard_normal(n), sr, 200.0, 2200.0) * 0.8
+        sound = band_pass(saw * (0.6 + 0.4 * rng.standard_normal(n)) + rough, sr, 150.0, 2000.0, 2)
         shape = np.sin(np.pi * t / t[-1]) ** 0.5
         _place(out, gain * sound * shape, int(start_s * sr))
     return out
@@ -501,7 +506,7 @@ def _chair_creak(sr: int, rng: np.random.Generator) -> np.ndarray:
         rate = 25.0 + 50.0 * np.sin(np.pi * pos / 0.7)
         pos += (1.0 + 0.2 * rng.standard_normal() ** 2) / rate
     body = sum(
-        amp * _band(pulses, sr, f * 0.93, f * 1.07, order=2)
+        amp * band_pass(pulses, sr, f * 0.93, f * 1.07, order=2)
         for f, amp in ((880.0, 1.0), (1710.0, 0.6), (2650.0, 0.35))
     )
     return np.asarray(body) * np.sin(np.pi * np.arange(n) / n) ** 0.5
@@ -514,13 +519,15 @@ def _zipper(sr: int, rng: np.random.Generator) -> np.ndarray:
     while pos < 0.5:
         n = int(0.004 * sr)
         t = np.arange(n) / sr
-        click = _band(rng.standard_normal(n), sr, 2500.0, None, order=2) * np.exp(-t / 0.0008)
+        click = band_pass(rng.standard_normal(n), sr, 2500.0, None, order=2) * np.exp(-t / 0.0008)
         _place(out, click * rng.uniform(0.4, 1.0), int(pos * sr))
         pos += 1.0 / (120.0 + 400.0 * pos) * rng.uniform(0.8, 1.2)
     n = int(0.05 * sr)
     t = np.arange(n) / sr
     _place(
-        out, _band(rng.standard_normal(n), sr, 1500.0, None) * np.exp(-t / 0.006), int(0.52 * sr)
+        out,
+        band_pass(rng.standard_normal(n), sr, 1500.0, None) * np.exp(-t / 0.006),
+        int(0.52 * sr),
     )
     return out
 
