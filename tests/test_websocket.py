@@ -300,8 +300,10 @@ async def test_audio_is_paced_by_the_clients_cursor_and_controls_never_wait() ->
     third = await asyncio.wait_for(waiting, 0.1)
     assert not isinstance(third, str) and third.reply_id == 1
     outbox.sent()
-    # Held audio is not a stalled client while its cursor moves; a clear drops it.
-    assert outbox.backlog_s == 1.25 and not outbox.stalled()
+    # Held audio is not a stalled client, even paused for long; a clear drops it.
+    sink.write(1, np.full(5 * TTS_RATE, 0.5, dtype=np.float32))
+    now[0] = 10.0
+    assert outbox.backlog_s == 6.25 and not outbox.stalled()
     sink.clear()
     assert await asyncio.wait_for(outbox.get(), 0.1) == '{"type": "clear"}'
     assert outbox.backlog_s == 0.0

@@ -134,8 +134,9 @@ class Outbox:
     wait behind held audio: a ``pause`` reaches the client in one round trip whatever
     is queued.
 
-    A client is *stalled* when more than ``max_backlog_s`` of audio waits here and it
-    has neither taken a message nor reported playing anything for ``stall_s``. Both
+    A client is *stalled* when more than ``max_backlog_s`` of audio waits here, the
+    pacing would let it go, and the client has neither taken a message nor reported
+    playing anything for ``stall_s``. Both
     conditions matter: a reply's audio arrives in bursts far longer than five seconds
     that a reading client takes in milliseconds, and a slow link that keeps taking
     messages is not a client that stopped reading.
@@ -187,8 +188,12 @@ class Outbox:
             self._wake.set()
 
     def stalled(self) -> bool:
+        """Too much audio waits and the socket has taken nothing for a while, although
+        the cursor allows it: audio held by the pacing is the client listening (or
+        paused while the agent decides), not a client that stopped reading."""
         waited = self._clock() - self._busy_since
-        return self.backlog_s > self.max_backlog_s and waited > self.stall_s
+        paced = bool(self._items) and self._next() is None
+        return self.backlog_s > self.max_backlog_s and waited > self.stall_s and not paced
 
     async def get(self) -> _Audio | str:
         """The next message to send; call :meth:`sent` once the socket has taken it."""
