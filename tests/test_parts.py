@@ -91,6 +91,24 @@ def test_loudness_gate_fires_on_a_jump_above_the_floor() -> None:
     assert not gate.push(np.full(160, 0.001, dtype=np.float32))  # -60 dBFS: under -42
 
 
+def test_frames_that_arrive_in_a_burst_still_get_the_whole_confirmation_window() -> None:
+    """A stall delays the frames, not the voice in them: the window counts audio too."""
+    seg = SpeechSegmenter(confirm_s=0.25, frame_s=0.032)
+    assert seg.push_loud(1.0) == SpeechStarted(1.0, voiced=False)
+    # 400 ms of network stall, then the frames come all at once: the voice is in the
+    # fourth, 128 ms of audio after the start. Wall time alone would withdraw at once.
+    for _ in range(3):
+        assert seg.push(1.4, 0.1) is None
+    assert seg.push(1.4, 0.6) is None
+    assert seg.confirmed and seg.active
+    # Audio that never becomes a voice is still withdrawn, once 250 ms of it were heard.
+    seg = SpeechSegmenter(confirm_s=0.25, frame_s=0.032)
+    seg.push_loud(1.0)
+    results = [seg.push(1.4, 0.1) for _ in range(7)]
+    assert results[:6] == [None] * 6
+    assert results[6] == SpeechEnded(1.4)
+
+
 def test_an_unconfirmed_loud_start_is_withdrawn_and_the_gate_rests() -> None:
     seg = SpeechSegmenter(confirm_s=0.1, refractory_s=0.5)
     assert seg.push_loud(1.0) == SpeechStarted(1.0, voiced=False)

@@ -213,7 +213,7 @@ class Session:
         if decider is None:
             decider = make_decider(self.config.decider)
         self.policy = FloorPolicy(self.config.policy, decider)
-        self.segmenter = segmenter or SpeechSegmenter()
+        self.segmenter = segmenter or SpeechSegmenter(frame_s=vad.frame_samples / self.sample_rate)
         self.gate = LoudnessGate(self.sample_rate) if self.config.loudness_onset else None
         self.echo = (
             EchoControl(self.config.echo, sink.sample_rate, self.sample_rate)
@@ -232,6 +232,8 @@ class Session:
         self._pending = np.zeros(0, dtype=np.float32)
         frames = max(1, round(self.config.preroll_s * self.sample_rate / vad.frame_samples))
         self._preroll: deque[FloatAudio] = deque(maxlen=frames)
+        self._backlog: list[FloatAudio] | None = None
+        """Pre-roll the recogniser has yet to hear, just after a speech start."""
         self._group: asyncio.TaskGroup | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,6 +260,7 @@ class Session:
     ) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._backlog = None  # a catch-up still scheduled finds nothing to do
         for reply in self.replies.values():
             if reply.task is not None:
                 reply.task.cancel()
@@ -348,8 +351,12 @@ class Session:
         elif self.segmenter.active or isinstance(change, SpeechEnded):
             if self._utterance in self._utterance_audio:
                 self._utterance_audio[self._utterance].append(frame)
-            words = self._recognize(self.recognizer.feed, frame)
-            self._handle(Words(at, tuple(words)))
+            if self._backlog is not None and not isinstance(change, SpeechEnded):
+                self._backlog.append(frame)  # heard in order, by the catch-up
+            else:
+                self._catch_up()
+                words = self._recognize(self.recognizer.feed, frame)
+                self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
             final = tuple(self._recognize(self.recognizer.finish))
             if not self.segmenter.confirmed:
@@ -402,12 +409,28 @@ class Session:
             self._utterance_audio[self._utterance] = list(self._preroll)
             for old in [u for u in self._utterance_audio if u < self._utterance - 20]:
                 del self._utterance_audio[old]  # a turn never spans that many
+        self._handle(replace(start, context=self._agent_context()))
+        # Tier 1 has acted. The recogniser's catch-up on the pre-roll costs tens of
+        # milliseconds of CPU, so it waits one turn of the event loop: the transport
+        # sends the pause first, instead of after the recogniser.
+        self._backlog = list(self._preroll)
+        assert self._loop is not None
+        self._loop.call_soon(self._catch_up)
+
+    def _catch_up(self) -> None:
+        """Start the recogniser on the utterance's pre-roll, if that is still to do.
+
+        Runs one loop turn after a speech start, with any frames that came meanwhile, or
+        at once when the utterance ends sooner, so the words follow the audio's order.
+        """
+        backlog, self._backlog = self._backlog, None
+        if backlog is None:
+            return
         self._recognize(self.recognizer.start)
         words: Sequence[str] = ()
-        for past in self._preroll:
+        for past in backlog:
             words = self._recognize(self.recognizer.feed, past)
-        self._handle(replace(start, context=self._agent_context()))
-        self._handle(Words(start.at, tuple(words)))
+        self._handle(Words(self.now(), tuple(words)))
 
     def _agent_context(self) -> str:
         """What the agent had said: the words heard, through the end of that sentence."""

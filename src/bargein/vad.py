@@ -70,6 +70,8 @@ class SpeechSegmenter:
     """A loudness start counts as voice once a frame scores at least this."""
     confirm_s: float = 0.25
     refractory_s: float = 1.0
+    frame_s: float = 0.032
+    """The audio each :meth:`push` stands for (Silero's 512 samples at 16 kHz)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.end_threshold <= self.start_threshold < 1.0:
@@ -85,6 +87,7 @@ class SpeechSegmenter:
         self._quiet_since: float | None = None
         self._last_at: float | None = None
         self._started_at = 0.0
+        self._scored = 0
         self._gate_shut_until = float("-inf")
 
     def push_loud(self, at: float) -> SpeechStarted | None:
@@ -94,6 +97,7 @@ class SpeechSegmenter:
         self.active = True
         self.confirmed = False
         self._started_at = at
+        self._scored = 0
         self._quiet_since = None
         return SpeechStarted(at, voiced=False)
 
@@ -110,9 +114,15 @@ class SpeechSegmenter:
                 return SpeechStarted(at)
             return None
         if not self.confirmed:
+            # The window is the clock's and the audio's both: frames that arrive in a
+            # burst after a network stall carry the stall in their timestamps, and the
+            # voice in them must still get its chance (the frame under way at the start
+            # counts as one).
+            self._scored += 1
+            heard = (self._scored + 1) * self.frame_s
             if probability >= self.confirm_threshold:
                 self.confirmed = True
-            elif at - self._started_at >= self.confirm_s - 1e-9:
+            elif at - self._started_at >= self.confirm_s - 1e-9 and heard >= self.confirm_s:
                 self.active = False
                 self._gate_shut_until = at + self.refractory_s
                 return SpeechEnded(at)

@@ -241,8 +241,14 @@ class TwilioSink:
                 continue
             ahead = self._play_end - loop.time()
             if ahead >= self.lead_s:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), ahead - self.lead_s)
+                # A timer sets the same event a state change does: one plain wait, so a
+                # pause wakes this task on the next loop turn (wait_for would add a task
+                # and a turn, behind whatever else the loop has queued meanwhile).
+                timer = loop.call_later(ahead - self.lead_s, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
                 continue
             frame = self._queue.popleft()
             self._marks += 1
