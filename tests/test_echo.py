@@ -106,6 +106,33 @@ def test_a_user_talking_over_the_echo_is_not_echo(delay_ms: float, gain_db: floa
     assert level_db(out - user) < level_db(user) - 10
 
 
+def test_a_voice_with_no_echo_searches_for_the_delay_once_in_four_blocks() -> None:
+    """The delay search is the gate's costliest step; a user talking over the agent
+    through a headset (nothing to find) must not run it on every 10 ms block."""
+    gate = EchoGate(search_every=4)
+    searches = 0
+    real_search = gate._search
+
+    def counting(*args: Any) -> tuple[int, float]:
+        nonlocal searches
+        searches += 1
+        return real_search(*args)
+
+    gate._search = counting  # type: ignore[method-assign]
+    user = USER[: 40 * BLOCK]
+    echo, _ = run_gate(user, AGENT[: len(user)], gate)
+    assert not any(echo)
+    loud = sum(level_db(user[i : i + BLOCK]) > -65 for i in range(0, len(user), BLOCK))
+    assert loud >= 30
+    assert loud / 4 - 3 <= searches <= loud / 4 + 4
+    # A quiet block ends the run: the next loud block searches at once.
+    before = searches
+    gate.process(np.zeros(BLOCK, dtype=np.float32), AGENT[:BLOCK], 1.0)
+    tone = (0.3 * np.sin(np.arange(BLOCK) * 0.2)).astype(np.float32)
+    gate.process(tone, AGENT[BLOCK : 2 * BLOCK], 1.01)
+    assert searches == before + 1
+
+
 def test_nothing_runs_without_a_reference() -> None:
     gate = EchoGate()
     echo, out = run_gate(USER, np.zeros_like(USER), gate)

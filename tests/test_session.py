@@ -478,3 +478,42 @@ def test_a_report_that_comes_after_the_cut_recuts_to_what_was_really_heard() -> 
     assert session.conversation.messages[0].content == heard
     assert session.conversation.messages[0].interrupted
     assert session.timeline[0].heard_text == heard == session.timeline[0].recorded_text
+
+
+def test_frame_features_are_computed_only_for_a_decider_that_reads_them() -> None:
+    """The rule never looks at acoustic features; a trained decider (or one that does
+    not say) gets them on every frame of the overlap."""
+    from bargein.decider import Decision, Overlap, RuleDecider
+
+    class Watching:
+        def __init__(self) -> None:
+            self.frames_seen = 0
+            self.rule = RuleDecider()
+
+        def decide(self, overlap: Overlap, now: float) -> Decision | None:
+            self.frames_seen = max(self.frames_seen, len(overlap.frames))
+            return self.rule.decide(overlap, now)
+
+        def deadline(self, overlap: Overlap, now: float) -> float | None:
+            return self.rule.deadline(overlap, now)
+
+    async def overlap_frames(decider: Watching | None) -> tuple[int, int]:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([WHAT_ABOUT_TUESDAY]),
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+            decider=decider,
+        )
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=3.0)
+        [record] = session.timeline
+        assert record.decision == "commit"
+        return session._features, decider.frames_seen if decider is not None else 0
+
+    watching = Watching()
+    assert run(overlap_frames(watching), "virtual") == (True, watching.frames_seen)
+    assert watching.frames_seen > 5
+    assert run(overlap_frames(None), "virtual") == (False, 0)

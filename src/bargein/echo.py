@@ -205,6 +205,7 @@ class EchoGate:
         confident: float = 0.9,
         subtract_db: float = -3.0,
         taps: int = 5,
+        search_every: int = 4,
     ) -> None:
         self.rate = rate
         self.block = block
@@ -220,6 +221,12 @@ class EchoGate:
         a loudspeaker's colour, must not leave the echo unexplained."""
         self.delay: int | None = None
         """The tracked echo delay in samples."""
+        self.search_every = max(1, search_every)
+        """While the microphone stays loud and no delay explains it (a voice with no echo,
+        or over one), the delay search (an FFT over every lag, the gate's costliest step)
+        runs on one block in this many; the first loud block always searches."""
+        self._last_search: tuple[int, float] | None = None
+        self._since_search = 0
         self._mic = np.zeros(self.window, dtype=np.float32)
         self._ref = np.zeros(self.window + self.max_lag, dtype=np.float32)
         history = -(-(self.window + self.max_lag) // block) + 1
@@ -242,6 +249,7 @@ class EchoGate:
         mic_dbfs = _db(level)
         if max(self._ref_levels) < self.floor or level < self.floor:
             # No agent voice within reach of any delay, or nothing to explain: cheap exit.
+            self._last_search = None  # the next loud block searches afresh
             return mic, EchoEvidence(at, False, mic_dbfs, 0.0, self._delay_ms(), None)
         lag, taps = self._fit()
         trusted = lag == self.delay
@@ -296,9 +304,11 @@ class EchoGate:
         h = self.taps // 2
         end = len(self._ref) - lag
         cols = [self._ref[end + k - n : end + k] for k in range(h, -h - 1, -1)]
-        wide = [self._ref[end + k - self.window : end + k] for k in range(h, -h - 1, -1)]
         rows = np.stack(cols, axis=1).astype(np.float64)
-        means = np.array([float(np.mean(c)) for c in wide])
+        # The window's mean at each tap offset, from one running sum over the span.
+        span = np.concatenate([[0.0], np.cumsum(self._ref[end - h - self.window : end + h])])
+        sums = span[self.window :] - span[: -self.window]  # offsets -h..h
+        means: npt.NDArray[np.float64] = sums[::-1] / self.window
         return rows, means
 
     def _fit(self) -> tuple[int, npt.NDArray[np.float64]]:
@@ -309,7 +319,12 @@ class EchoGate:
             taps, ratio = self._fit_at(mic, mic_energy, self.delay)
             if _db(ratio) <= self.explained_db:
                 return self.delay, taps
-        lag, ncc = self._search(mic, mic_energy)
+        if self._last_search is not None and self._since_search < self.search_every - 1:
+            self._since_search += 1
+            lag, ncc = self._last_search
+        else:
+            lag, ncc = self._last_search = self._search(mic, mic_energy)
+            self._since_search = 0
         if ncc >= self.confident:
             self.delay = lag
         elif self.delay is not None:

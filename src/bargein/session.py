@@ -213,6 +213,7 @@ class Session:
         if decider is None:
             decider = make_decider(self.config.decider)
         self.policy = FloorPolicy(self.config.policy, decider)
+        self._features = bool(getattr(decider, "uses_frames", True))
         self.segmenter = segmenter or SpeechSegmenter(frame_s=vad.frame_samples / self.sample_rate)
         self.gate = LoudnessGate(self.sample_rate) if self.config.loudness_onset else None
         self.echo = (
@@ -345,7 +346,8 @@ class Session:
         self._preroll.append(frame)
         probability = self.vad.probability(frame)
         change = self.segmenter.push(at, probability)
-        self._handle(VoiceActivity(at, probability, frame_features(frame)))
+        features = frame_features(frame) if self._features else None
+        self._handle(VoiceActivity(at, probability, features))
         if isinstance(change, SpeechStarted):
             self._speech_started(change)
         elif self.segmenter.active or isinstance(change, SpeechEnded):
