@@ -455,19 +455,21 @@ class EchoControl:
         blocks = whole // self.block
         out = np.empty(whole, dtype=np.float32)
         # Block i ends at ``at`` less the samples after it (the remainder just buffered).
-        tail = len(self._pending) / self.rate
+        # The reference is rendered for all of them at once: the same samples, one call.
+        end_at = at - len(self._pending) / self.rate
+        ref = self.reference.render(whole, end_at)
+        peaks = np.max(np.abs(ref.reshape(blocks, self.block)), axis=1)
         for i in range(blocks):
-            lo = i * self.block
-            block_at = at - tail - (blocks - 1 - i) * self.block / self.rate
-            out[lo : lo + self.block] = self._block(pending[lo : lo + self.block], block_at)
+            lo, hi = i * self.block, (i + 1) * self.block
+            block_at = end_at - (blocks - 1 - i) * self.block / self.rate
+            out[lo:hi] = self._block(pending[lo:hi], ref[lo:hi], float(peaks[i]), block_at)
         return out
 
     def _idle(self, at: float) -> bool:
         return not self.reference.active(at) and self._quiet_for > self._reach_s
 
-    def _block(self, mic: FloatAudio, at: float) -> FloatAudio:
-        ref = self.reference.render(self.block, at)
-        if float(np.max(np.abs(ref))) > 1e-4:
+    def _block(self, mic: FloatAudio, ref: FloatAudio, peak: float, at: float) -> FloatAudio:
+        if peak > 1e-4:
             self._quiet_for = 0.0
         else:
             self._quiet_for += self.block / self.rate
