@@ -240,7 +240,9 @@ def test_the_demo_command_benchmarks_the_built_in_set(
     import bargein.builtin_set
 
     monkeypatch.setattr(bargein.builtin_set, "generate_builtin_set", lambda dest: dest)
-    monkeypatch.setattr(bargein.bench.runner, "default_stack", lambda transcripts=False: stack())
+    monkeypatch.setattr(
+        bargein.bench.runner, "default_stack", lambda transcripts=False, spotter=False: stack()
+    )
     (scenario_dir / "broken.json").unlink()  # a clean set: the command succeeds
     out = scenario_dir.parent / "results.json"
     assert cli_main(["bench-demo", "--dest", str(scenario_dir), "--out", str(out)]) == 0

@@ -347,3 +347,69 @@ def test_no_words_means_no_preemptive_start() -> None:
     policy.handle(SpeechEnded(1.3))
     assert policy.handle(Words(1.3, (), final=True)) == []
     assert policy.state is Floor.LISTENING and policy.preemptions == {}
+
+
+@pytest.mark.parametrize(
+    ("heard", "spotted", "expected"),
+    [
+        # The open recogniser's mishearing of a backchannel; the spotter hears it right.
+        (("look", "i"), ("okay",), ("resume", "spotted:okay")),
+        (("sheriff",), ("sure",), ("resume", "spotted:sure")),
+        # A command heard as a backchannel, or not at all (phone audio): the spotter's
+        # command commits.
+        (("right",), ("wait",), ("commit", "spotted:wait")),
+        ((), ("stop", "stop"), ("commit", "spotted:stop stop")),
+        ((), ("hold", "on", "a", "second"), ("commit", "spotted:hold on a second")),
+        # The spotter heard nothing it knows: the open recogniser decides alone.
+        (("book", "it"), (), ("commit", "words:book it")),
+        (("yeah",), (), ("resume", "backchannel:yeah")),
+        ((), (), ("resume", "no-words")),
+        # No spotter ran: exactly the rule without one.
+        (("look", "i"), None, ("commit", "words:look i")),
+    ],
+)
+def test_the_rule_weighs_a_phrase_spotters_second_opinion(
+    heard: tuple[str, ...], spotted: tuple[str, ...] | None, expected: tuple[str, str]
+) -> None:
+    overlap = Overlap(
+        onset_at=0.0,
+        agent_audible=True,
+        speech_active=False,
+        speech_ended_at=0.5,
+        last_voiced_at=0.4,
+        final_words=heard,
+        second_opinion=spotted,
+    )
+    decision = RuleDecider().decide(overlap, 0.5)
+    assert decision is not None and (decision.kind, decision.reason) == expected
+
+
+def test_the_ablation_baselines_decide_on_voice_alone() -> None:
+    from bargein.decider import DurationDecider, VoiceOnlyDecider
+
+    noise = Overlap(onset_at=0.0, agent_audible=True)
+    voice = Overlap(onset_at=0.0, agent_audible=True, last_voiced_at=0.03)
+    # Naive VAD barge-in: the first voiced frame takes the floor; an unvoiced sound waits.
+    vad = VoiceOnlyDecider()
+    assert vad.decide(noise, 0.05) is None
+    decision = vad.decide(voice, 0.05)
+    assert decision is not None and (decision.kind, decision.reason) == ("commit", "voice")
+    noise.speech_active = False
+    decision = vad.decide(noise, 0.3)
+    assert decision is not None and decision.kind == "resume"
+    # Duration only: "stop" and "uh-huh" alike resume; only voice still going at 0.8 s commits.
+    duration = DurationDecider()
+    assert duration.decide(voice, 0.5) is None and duration.deadline(voice, 0.5) == 0.8
+    voice.last_voiced_at = 0.79
+    decision = duration.decide(voice, 0.8)
+    assert decision is not None and (decision.kind, decision.reason) == ("commit", "duration")
+    short = Overlap(
+        onset_at=0.0,
+        agent_audible=True,
+        speech_active=False,
+        speech_ended_at=0.4,
+        last_voiced_at=0.3,
+        final_words=("stop",),
+    )
+    decision = duration.decide(short, 0.4)
+    assert decision is not None and (decision.kind, decision.reason) == ("resume", "short")

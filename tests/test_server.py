@@ -188,17 +188,17 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    built: list[tuple[str, str | None, str | None, bool]] = []
+    built: list[tuple[str, str | None, str | None, bool, bool]] = []
 
     def default_stack(
-        llm: str, model: str | None, api_key: str | None, *, transcripts: bool
+        llm: str, model: str | None, api_key: str | None, *, transcripts: bool, spotter: bool
     ) -> AgentStack:
-        built.append((llm, model, api_key, transcripts))
+        built.append((llm, model, api_key, transcripts, spotter))
         return make_stack()
 
     monkeypatch.setattr(bargein.server, "default_stack", default_stack)
     argv = ["serve", "--port", "9000", "--bench", "--llm", "http://x/v1", "--model", "m"]
-    argv += ["--no-transcripts"]
+    argv += ["--no-transcripts", "--spotter"]
     assert cli_main(argv) == 0
     assert built == []  # nothing loads before the server runs
     (run,) = served
@@ -208,7 +208,7 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
         client, ready = await open_client(url)
         assert ready["bench"] is True
         await client.close()
-    assert built == [("http://x/v1", "m", None, False)]
+    assert built == [("http://x/v1", "m", None, False, True)]
 
 
 async def test_serve_takes_the_token_from_the_environment(

@@ -517,3 +517,34 @@ def test_frame_features_are_computed_only_for_a_decider_that_reads_them() -> Non
     assert run(overlap_frames(watching), "virtual") == (True, watching.frames_seen)
     assert watching.frames_seen > 5
     assert run(overlap_frames(None), "virtual") == (False, 0)
+
+
+def test_a_spotter_hears_only_sound_over_the_agent_and_its_reading_decides() -> None:
+    """The open recogniser mishears a short "okay" as "look i"; a second opinion from a
+    phrase spotter, started only for the overlap, makes tier 2 resume instead of stop."""
+    mishearing: Utterance = ([(1.2, ("look",))], ("look", "i"))
+    spotter = ScriptedRecognizer([([], ("okay",))])
+
+    async def main(second: ScriptedRecognizer | None) -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([mishearing, WHAT_ABOUT_TUESDAY]),
+            second_opinion=second,
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            # An "okay" over the agent; later, once the agent is done, a turn of the user's.
+            await drive(session, speaker, [(1.0, 1.4), (9.0, 10.0)], until=11.0)
+        return session
+
+    without = run(main(None), "virtual")
+    assert (without.timeline[0].decision, without.timeline[0].reason) == ("commit", "words:look i")
+
+    session = run(main(spotter), "virtual")
+    [record] = session.timeline
+    assert (record.decision, record.reason) == ("resume", "spotted:okay")
+    # One utterance was spotted: the user's own turn, with the agent silent, was not.
+    assert spotter.index == 0 and not spotter.open

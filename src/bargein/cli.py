@@ -209,7 +209,7 @@ def _bench(args: argparse.Namespace) -> int:
             clock=args.clock,
             options=options,
             only=args.only or (),
-            stack_factory=lambda: default_stack(transcripts=args.transcripts),
+            stack_factory=lambda: default_stack(transcripts=args.transcripts, spotter=args.spotter),
             on_trace=(traces := collector_for(args)),
             repeat=args.repeat,
             jobs=args.jobs,
@@ -272,7 +272,11 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("BARGEIN_TOKEN") or None
     app = create_app(
         lambda: default_stack(
-            args.llm, args.model, args.api_key, transcripts=not args.no_transcripts
+            args.llm,
+            args.model,
+            args.api_key,
+            transcripts=not args.no_transcripts,
+            spotter=args.spotter,
         ),
         token=token,
         bench=args.bench,
@@ -372,14 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--decider",
-        choices=("model", "rule"),  # bargein.tier2.DECIDER_KINDS
+        choices=("model", "rule", "duration", "vad"),  # bargein.tier2.DECIDER_KINDS
         default=None,
-        help="tier 2: the trained model or the rule (default: the session's, docs/tier2.md)",
+        help="tier 2: the trained model or the rule (default: the session's, docs/tier2.md); "
+        "duration and vad are ablation baselines (any long voice, any voice, takes the floor)",
     )
     bench.add_argument(
         "--transcripts",
         action="store_true",
         help="transcribe the user's turns with Whisper, as a deployed agent would",
+    )
+    bench.add_argument(
+        "--spotter",
+        action="store_true",
+        help="tier 2 also hears a closed-set phrase spotter's reading of each overlap "
+        "(docs/tier2.md)",
     )
     bench.add_argument(
         "--no-preemptive",
@@ -595,6 +606,12 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="answer the streaming recogniser's words instead of waiting for Whisper's "
         "transcript (faster replies on a slow CPU, worse understanding)",
+    )
+    parser.add_argument(
+        "--spotter",
+        action="store_true",
+        help="tier 2 also hears a closed-set phrase spotter's reading of each overlap "
+        "(fewer stops for 'uh-huh', another recogniser per session; docs/tier2.md)",
     )
 
 

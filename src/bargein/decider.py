@@ -55,6 +55,9 @@ class Overlap:
     """The frames of the overlapping sound with their features, from just before the
     onset on; empty when the runtime computes no features (the rule needs none)."""
     agent_context: str = ""
+    second_opinion: tuple[str, ...] | None = None
+    """A closed-set phrase spotter's final reading of the sound, when one ran: one of its
+    backchannels or commands, or nothing."""
     """What the agent had said when the user started: the words heard, through the end
     of the sentence under way ("" when nothing had been heard)."""
 
@@ -177,7 +180,10 @@ class RuleDecider:
     - a sound that ended without the VAD ever scoring it as voice resumes at once;
     - speech that ended before that resumes if its final words are only backchannel or
       none at all, and commits otherwise. If the final words do not arrive within
-      ``final_wait_s`` of the end, the latest partial stands in for them.
+      ``final_wait_s`` of the end, the latest partial stands in for them;
+    - a second reading from a closed-set phrase spotter (:attr:`Overlap.second_opinion`),
+      when the session has one, overrides the open recogniser in both directions: a
+      spotted command commits, a spotted backchannel resumes over "other" words.
     """
 
     uses_frames: ClassVar[bool] = False
@@ -204,10 +210,20 @@ class RuleDecider:
         if overlap.final_words is None and now < ended + self.final_wait_s:
             return None
         words = normalize_words(overlap.latest_words)
+        spotted = normalize_words(overlap.second_opinion or ())
+        spotted_backchannel = bool(spotted) and only_backchannel(spotted, self.backchannel_phrases)
+        if spotted and not spotted_backchannel:
+            # The spotter can only say its phrases; one that is no backchannel is a
+            # command, even where the open recogniser heard "right" or nothing.
+            return Decision("commit", "spotted:" + " ".join(spotted))
         if not words:
             return Decision("resume", "no-words")
         if only_backchannel(words, self.backchannel_phrases):
             return Decision("resume", "backchannel:" + " ".join(words))
+        if spotted_backchannel:
+            # An open vocabulary turns "okay" into "look i" and "sure" into "sheriff";
+            # the spotter, choosing among a few phrases, hears the backchannel.
+            return Decision("resume", "spotted:" + " ".join(spotted))
         return Decision("commit", "words:" + " ".join(words))
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:
@@ -227,3 +243,59 @@ class RuleDecider:
         last = _find_phrase(normalize_words(overlap.partials[-1][1]), self.interrupt_phrases)
         before = _find_phrase(normalize_words(overlap.partials[-2][1]), self.interrupt_phrases)
         return last if last is not None and last == before else None
+
+
+# -- ablation baselines -------------------------------------------------------------------
+# What tier 2 would be with less to go on, for the benchmark's ablation table
+# (``bargein bench --decider vad|duration``). Neither is meant to run an agent.
+
+
+@dataclass
+class VoiceOnlyDecider:
+    """Any voice over the agent takes the floor: naive VAD barge-in.
+
+    Commits as soon as the VAD has scored one frame of the overlap as voice; a sound it
+    never scored as voice resumes when it ends.
+    """
+
+    uses_frames: ClassVar[bool] = False
+
+    def decide(self, overlap: Overlap, now: float) -> Decision | None:
+        if overlap.last_voiced_at != float("-inf"):
+            return Decision("commit", "voice")
+        if not overlap.speech_active:
+            return Decision("resume", "no-voice")
+        return None
+
+    def deadline(self, overlap: Overlap, now: float) -> float | None:
+        return None
+
+
+@dataclass
+class DurationDecider:
+    """Voice that goes on for ``commit_after_s`` takes the floor; anything shorter resumes.
+
+    The rule's duration test without its words: "stop" and "uh-huh" look the same.
+    """
+
+    uses_frames: ClassVar[bool] = False
+    commit_after_s: float = 0.8
+    voiced_gap_s: float = 0.1
+
+    def decide(self, overlap: Overlap, now: float) -> Decision | None:
+        if not overlap.speech_active:
+            if overlap.last_voiced_at == float("-inf"):
+                return Decision("resume", "no-voice")
+            return Decision("resume", "short")
+        if (
+            now >= overlap.onset_at + self.commit_after_s
+            and now - overlap.last_voiced_at <= self.voiced_gap_s
+        ):
+            return Decision("commit", "duration")
+        return None
+
+    def deadline(self, overlap: Overlap, now: float) -> float | None:
+        if not overlap.speech_active:
+            return None
+        due = overlap.onset_at + self.commit_after_s
+        return due if now < due else None

@@ -93,6 +93,8 @@ class Words:
     at: float
     words: tuple[str, ...]
     final: bool = False
+    second_opinion: tuple[str, ...] | None = None
+    """With a final: a second recogniser's reading of an overlap (None: none ran)."""
 
 
 @dataclass(frozen=True)
@@ -533,6 +535,7 @@ class FloorPolicy:
         if self.state is Floor.TENTATIVE and self._overlap is not None:
             if event.final:
                 self._overlap.final_words = event.words
+                self._overlap.second_opinion = event.second_opinion
             else:
                 self._overlap.partials.append((event.at, event.words))
             return self._decide(event.at)

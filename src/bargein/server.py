@@ -75,6 +75,7 @@ def default_stack(
     api_key: str | None = None,
     *,
     transcripts: bool = True,
+    spotter: bool = False,
 ) -> AgentStack:
     """The embedded stack (or another LLM), told to answer at length.
 
@@ -89,6 +90,10 @@ def default_stack(
         language.max_tokens = REPLY_TOKENS
     stack = AgentStack.default(language, transcripts=transcripts)
     stack.config.system_prompt = LONG_REPLIES_PROMPT
+    if spotter:
+        from bargein.transports.stack import phrase_spotter
+
+        stack.spotter_factory = phrase_spotter
     return stack
 
 

@@ -189,6 +189,7 @@ class Session:
         decider: Decider | None = None,
         segmenter: SpeechSegmenter | None = None,
         transcriber: Transcriber | None = None,
+        second_opinion: StreamingRecognizer | None = None,
         turn_end: TurnEndDetector | None = None,
     ) -> None:
         self.config = config or SessionConfig()
@@ -203,6 +204,11 @@ class Session:
         self.vad = vad
         self.recognizer = recognizer
         self.transcriber = transcriber
+        self.second_opinion = second_opinion
+        """A second recogniser for sound over the agent's voice, usually a closed-set phrase
+        spotter (:class:`bargein.providers.phrases.PocketSphinxPhraseSpotter`): its reading
+        reaches tier 2 with the final words, for the rule to weigh."""
+        self._spotting = False
         if turn_end is None and self.config.policy.turn_end == "semantic":
             turn_end = WordTurnEndDetector()
         self.turn_end = turn_end
@@ -358,13 +364,16 @@ class Session:
             else:
                 self._catch_up()
                 words = self._recognize(self.recognizer.feed, frame)
+                self._spot(frame)
                 self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
             final = tuple(self._recognize(self.recognizer.finish))
+            second = self._spotted()
             if not self.segmenter.confirmed:
                 final = ()  # loud but never a voice: whatever the recogniser made of it
+                second = None if second is None else ()
             self._handle(change)
-            self._handle(Words(at, final, final=True))
+            self._handle(Words(at, final, final=True, second_opinion=second))
             self._estimate_turn_end()
             user_turn = (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING)
             if self.transcriber is not None and self.policy.state in user_turn:
@@ -432,7 +441,28 @@ class Session:
         words: Sequence[str] = ()
         for past in backlog:
             words = self._recognize(self.recognizer.feed, past)
+        if self.second_opinion is not None and self.policy.state is Floor.TENTATIVE:
+            # Only sound over the agent's voice needs the second reading: tier 2 is
+            # deciding about it.
+            self._spotting = self._recognize(self.second_opinion.start) is None
+            for past in backlog:
+                self._spot(past)
         self._handle(Words(self.now(), tuple(words)))
+
+    def _spot(self, frame: FloatAudio) -> None:
+        if not self._spotting or self.second_opinion is None:
+            return
+        if self.policy.state is not Floor.TENTATIVE:
+            self._spotted()  # decided already: the reading is no longer wanted
+            return
+        self._recognize(self.second_opinion.feed, frame)
+
+    def _spotted(self) -> tuple[str, ...] | None:
+        """Close the second recogniser's utterance: its final words, or None if it did not run."""
+        if not self._spotting or self.second_opinion is None:
+            return None
+        self._spotting = False
+        return tuple(self._recognize(self.second_opinion.finish))
 
     def _agent_context(self) -> str:
         """What the agent had said: the words heard, through the end of that sentence."""

@@ -46,9 +46,11 @@ from bargein.decider import (
     INTERRUPT_PHRASES,
     Decider,
     Decision,
+    DurationDecider,
     FrameInfo,
     Overlap,
     RuleDecider,
+    VoiceOnlyDecider,
     normalize_words,
     only_backchannel,
 )
@@ -573,14 +575,19 @@ class ModelDecider:
         return None
 
 
-DeciderKind = Literal["model", "rule"]
-DECIDER_KINDS: Final[tuple[DeciderKind, ...]] = ("model", "rule")
+DeciderKind = Literal["model", "rule", "duration", "vad"]
+DECIDER_KINDS: Final[tuple[DeciderKind, ...]] = ("model", "rule", "duration", "vad")
 
 
 def make_decider(kind: DeciderKind = "model") -> Decider:
-    """A fresh tier-2 decider by name: the trained ``model`` or the ``rule``."""
+    """A fresh tier-2 decider by name: the trained ``model`` or the ``rule``; ``duration``
+    and ``vad`` are the ablation baselines (:class:`DurationDecider`, :class:`VoiceOnlyDecider`)."""
     if kind == "rule":
         return RuleDecider()
     if kind == "model":
         return ModelDecider()
+    if kind == "duration":
+        return DurationDecider()
+    if kind == "vad":
+        return VoiceOnlyDecider()
     raise ValueError(f"unknown decider {kind!r}; choose one of {', '.join(DECIDER_KINDS)}")

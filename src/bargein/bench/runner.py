@@ -64,9 +64,10 @@ class Stack:
     recognizer: StreamingRecognizer
     tts: TextToSpeech
     transcriber: Transcriber | None = None
+    second_opinion: StreamingRecognizer | None = None
 
 
-def default_stack(transcripts: bool = False) -> Stack:
+def default_stack(transcripts: bool = False, spotter: bool = False) -> Stack:
     """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, and with
     ``transcripts`` Whisper for the user's turns.
 
@@ -81,8 +82,13 @@ def default_stack(transcripts: bool = False) -> Stack:
         from bargein.providers.whisper import WhisperTranscriber
 
         transcriber = WhisperTranscriber()
+    second = None
+    if spotter:
+        from bargein.providers.phrases import PocketSphinxPhraseSpotter
+
+        second = PocketSphinxPhraseSpotter()
     tts = CachedTTS(PiperTTS.repeatable())
-    return Stack(SileroVAD(), PocketSphinxRecognizer(), tts, transcriber)
+    return Stack(SileroVAD(), PocketSphinxRecognizer(), tts, transcriber, second)
 
 
 @dataclass
@@ -120,6 +126,7 @@ async def run_scenario(
     session = Session(
         vad=stack.vad,
         recognizer=stack.recognizer,
+        second_opinion=stack.second_opinion,
         llm=llm,
         tts=stack.tts,
         sink=speaker,

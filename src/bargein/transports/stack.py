@@ -35,6 +35,13 @@ def _pocketsphinx() -> StreamingRecognizer:
     return PocketSphinxRecognizer()
 
 
+def phrase_spotter() -> StreamingRecognizer:
+    """The closed-set phrase spotter, as a ``spotter_factory``."""
+    from bargein.providers.phrases import PocketSphinxPhraseSpotter
+
+    return PocketSphinxPhraseSpotter()
+
+
 @dataclass
 class AgentStack:
     llm: LanguageModel
@@ -46,6 +53,8 @@ class AgentStack:
     vad_factory: Callable[[], VoiceActivityDetector] = _silero
     recognizer_factory: Callable[[], StreamingRecognizer] = _pocketsphinx
     decider_factory: Callable[[], Decider] | None = None
+    spotter_factory: Callable[[], StreamingRecognizer] | None = None
+    """A second opinion for tier 2 on each overlap (a phrase spotter); None: the rule alone."""
 
     def session(self, sink: AudioSink, *, llm: LanguageModel | None = None) -> Session:
         """A new session on ``sink`` with fresh detectors; ``llm`` overrides the shared one."""
@@ -58,6 +67,7 @@ class AgentStack:
             config=replace(self.config),
             decider=self.decider_factory() if self.decider_factory else None,
             transcriber=self.transcriber,
+            second_opinion=self.spotter_factory() if self.spotter_factory else None,
         )
 
     @classmethod
