@@ -118,7 +118,7 @@ def test_a_voice_with_no_echo_searches_for_the_delay_once_in_four_blocks() -> No
         searches += 1
         return real_search(*args)
 
-    gate._search = counting  # type: ignore[method-assign]
+    gate._search = counting  # type: ignore[method-assign,assignment]
     user = USER[: 40 * BLOCK]
     echo, _ = run_gate(user, AGENT[: len(user)], gate)
     assert not any(echo)
