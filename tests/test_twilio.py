@@ -38,7 +38,15 @@ from bargein.transports.twilio import (
     parse_mark,
     twilio_endpoint,
 )
-from tests.doubles import WORD_SAMPLES, LevelVAD, ScriptedRecognizer, Utterance, WordTTS, word_audio
+from tests.doubles import (
+    WORD_SAMPLES,
+    LevelVAD,
+    LoggingSpeaker,
+    ScriptedRecognizer,
+    Utterance,
+    WordTTS,
+    word_audio,
+)
 
 TOKEN = "sesame"
 SIX = "One two three four five six."
@@ -262,6 +270,26 @@ async def test_a_barge_in_clears_twilio_and_the_conversation_keeps_what_the_mark
     assert call.session.recorded[1] == " ".join(kept)
     first = call.session.conversation.messages[0]
     assert first.interrupted and first.content.startswith(" ".join(kept))
+
+
+async def test_phone_calls_leave_the_phrase_spotter_out() -> None:
+    """Measured on Media Streams, the spotter took "Stop" for "got it"; calls go without."""
+    stack = make_stack(STOP)
+    built: list[ScriptedRecognizer] = []
+
+    def spotter() -> ScriptedRecognizer:
+        built.append(ScriptedRecognizer([STOP]))
+        return built[-1]
+
+    stack.spotter_factory = spotter
+    assert stack.session(LoggingSpeaker([])).second_opinion is built[0]
+    async with (
+        serve(stack) as server,
+        TwilioFarEnd(server.url, parameters=bench(SIX)) as far,
+    ):
+        await far.run(silence, until_s=0.3)
+        call = server.call(far)
+    assert call.session.second_opinion is None and len(built) == 1
 
 
 async def test_pause_and_resume_resend_exactly_the_unconfirmed_remainder() -> None:

@@ -56,8 +56,15 @@ class AgentStack:
     spotter_factory: Callable[[], StreamingRecognizer] | None = None
     """A second opinion for tier 2 on each overlap (a phrase spotter); None: the rule alone."""
 
-    def session(self, sink: AudioSink, *, llm: LanguageModel | None = None) -> Session:
-        """A new session on ``sink`` with fresh detectors; ``llm`` overrides the shared one."""
+    def session(
+        self, sink: AudioSink, *, llm: LanguageModel | None = None, narrowband: bool = False
+    ) -> Session:
+        """A new session on ``sink`` with fresh detectors; ``llm`` overrides the shared one.
+
+        ``narrowband``: the microphone is phone audio (8 kHz, upsampled). The phrase spotter
+        is left out there: on Media Streams it took "Stop" for "got it" and made tier 2
+        miss a third of the short commands (BENCHMARKS.md).
+        """
         return Session(
             vad=self.vad_factory(),
             recognizer=self.recognizer_factory(),
@@ -67,7 +74,9 @@ class AgentStack:
             config=replace(self.config),
             decider=self.decider_factory() if self.decider_factory else None,
             transcriber=self.transcriber,
-            second_opinion=self.spotter_factory() if self.spotter_factory else None,
+            second_opinion=(
+                self.spotter_factory() if self.spotter_factory and not narrowband else None
+            ),
         )
 
     @classmethod

@@ -322,7 +322,7 @@ class TwilioCall:
             self.stack.tts.sample_rate, self.start.stream_sid, lead_s=self.lead_s
         )
         llm, self._request_reply = self._bench_hook()
-        self.session: Session = self.stack.session(self.sink, llm=llm)
+        self.session: Session = self.stack.session(self.sink, llm=llm, narrowband=True)
         self._upsampler = mulaw.Upsampler2x()
 
     def _bench_hook(self) -> tuple[LanguageModel | None, bool]:
