@@ -349,6 +349,21 @@ def test_no_words_means_no_preemptive_start() -> None:
     assert policy.state is Floor.LISTENING and policy.preemptions == {}
 
 
+def ended_overlap(
+    words: tuple[str, ...], ended_at: float, *, second_opinion: tuple[str, ...] | None = None
+) -> Overlap:
+    """A short sound over the agent, over at ``ended_at``, with its final words in."""
+    return Overlap(
+        onset_at=0.0,
+        agent_audible=True,
+        speech_active=False,
+        speech_ended_at=ended_at,
+        last_voiced_at=ended_at - 0.1,
+        final_words=words,
+        second_opinion=second_opinion,
+    )
+
+
 @pytest.mark.parametrize(
     ("heard", "spotted", "expected"),
     [
@@ -371,15 +386,7 @@ def test_no_words_means_no_preemptive_start() -> None:
 def test_the_rule_weighs_a_phrase_spotters_second_opinion(
     heard: tuple[str, ...], spotted: tuple[str, ...] | None, expected: tuple[str, str]
 ) -> None:
-    overlap = Overlap(
-        onset_at=0.0,
-        agent_audible=True,
-        speech_active=False,
-        speech_ended_at=0.5,
-        last_voiced_at=0.4,
-        final_words=heard,
-        second_opinion=spotted,
-    )
+    overlap = ended_overlap(heard, 0.5, second_opinion=spotted)
     decision = RuleDecider().decide(overlap, 0.5)
     assert decision is not None and (decision.kind, decision.reason) == expected
 
@@ -403,13 +410,6 @@ def test_the_ablation_baselines_decide_on_voice_alone() -> None:
     voice.last_voiced_at = 0.79
     decision = duration.decide(voice, 0.8)
     assert decision is not None and (decision.kind, decision.reason) == ("commit", "duration")
-    short = Overlap(
-        onset_at=0.0,
-        agent_audible=True,
-        speech_active=False,
-        speech_ended_at=0.4,
-        last_voiced_at=0.3,
-        final_words=("stop",),
-    )
+    short = ended_overlap(("stop",), 0.4)
     decision = duration.decide(short, 0.4)
     assert decision is not None and (decision.kind, decision.reason) == ("resume", "short")
