@@ -548,3 +548,34 @@ def test_a_spotter_hears_only_sound_over_the_agent_and_its_reading_decides() -> 
     assert (record.decision, record.reason) == ("resume", "spotted:okay")
     # One utterance was spotted: the user's own turn, with the agent silent, was not.
     assert spotter.index == 0 and not spotter.open
+
+
+def test_tier_1_pauses_before_the_recogniser_hears_the_pre_roll() -> None:
+    """The recogniser's catch-up on the pre-roll costs tens of milliseconds; the pause must
+    not wait behind it (it reached the socket 50-170 ms late when it did)."""
+    log: list[str] = []
+
+    class Logged(ScriptedRecognizer):
+        def start(self) -> None:
+            log.append("recogniser start")
+            super().start()
+
+    speaker = LoggingSpeaker(log)
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=Logged([WHAT_ABOUT_TUESDAY]),
+        llm=ScriptedLLM([AGENT, ANSWER]),
+        tts=WordTTS(),
+        sink=speaker,
+    )
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.2)], until=3.0)
+
+    run(main(), "virtual")
+    assert log.index("pause") < log.index("recogniser start")
+    # And the recogniser still heard the utterance from its pre-roll on: its words decided.
+    [record] = session.timeline
+    assert record.decision == "commit"
+    assert session.conversation.messages[1].content == "what about tuesday"
