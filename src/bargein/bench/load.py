@@ -44,7 +44,7 @@ from bargein.bench.far_end import (
     run_far_end,
 )
 from bargein.bench.load_server import LagMonitor
-from bargein.bench.metrics import columns, percentile
+from bargein.bench.metrics import columns, format_cell, percentile
 from bargein.scenario import Scenario, load_set
 from bargein.session import describe_error
 
@@ -548,14 +548,6 @@ def run_load(
     }
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def format_load_table(rows: Sequence[dict[str, Any]]) -> str:
     header = (
         "sessions",
@@ -582,20 +574,20 @@ def format_load_table(rows: Sequence[dict[str, Any]]) -> str:
             (
                 str(r["sessions"]),
                 str(r["scenarios"]),
-                _fmt(r["stop_p50_ms"]),
-                _fmt(r["stop_p95_ms"]),
-                _fmt(r["stop_max_ms"]),
-                _fmt(r["react_p95_ms"]),
+                format_cell(r["stop_p50_ms"]),
+                format_cell(r["stop_p95_ms"]),
+                format_cell(r["stop_max_ms"]),
+                format_cell(r["react_p95_ms"]),
                 f"{r['missed']}/{r['expect_interrupt']}",
                 str(r["failed_sessions"]),
-                _fmt(r["server_cpu_pct"]),
-                _fmt(r["server_cpu_per_session_pct"], 1),
-                _fmt(r["bench_cpu_pct"]),
-                _fmt(r["rss_idle_mb"]),
-                _fmt(r["rss_peak_mb"]),
-                _fmt(r["mem_per_session_mb"], 1),
-                _fmt(r["server_lag_p95_ms"]),
-                _fmt(r["bench_lag_p95_ms"]),
+                format_cell(r["server_cpu_pct"]),
+                format_cell(r["server_cpu_per_session_pct"], 1),
+                format_cell(r["bench_cpu_pct"]),
+                format_cell(r["rss_idle_mb"]),
+                format_cell(r["rss_peak_mb"]),
+                format_cell(r["mem_per_session_mb"], 1),
+                format_cell(r["server_lag_p95_ms"]),
+                format_cell(r["bench_lag_p95_ms"]),
                 "yes" if r["ok"] else f"no: {r['why']}",
             )
         )

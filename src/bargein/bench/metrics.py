@@ -133,7 +133,8 @@ def _rate(n: int, d: int) -> float | None:
     return n / d if d else None
 
 
-def _fmt(value: Any, digits: int = 0) -> str:
+def format_cell(value: Any, digits: int = 0) -> str:
+    """A table cell: "-" for a missing figure, floats to ``digits`` places."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -168,15 +169,15 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 str(s["count"]),
                 f"{s['missed']}/{s['expect_interrupt']}",
                 f"{s['false_interruptions']}/{s['expect_continue']}",
-                _fmt(s["stop_latency_ms"]["p50"]),
-                _fmt(s["stop_latency_ms"]["p95"]),
-                _fmt(s["stop_latency_ms"]["max"]),
+                format_cell(s["stop_latency_ms"]["p50"]),
+                format_cell(s["stop_latency_ms"]["p95"]),
+                format_cell(s["stop_latency_ms"]["max"]),
                 str(s["bursts"]),
-                _fmt(s["paused_ms"]["p95"]),
-                _fmt(s["decision_ms"]["p95"]),
-                _fmt(s["state_word_errors"]),
-                _fmt(s["llm_tokens_after_cancel"]),
-                _fmt(s["response_ms"]["p50"]),
+                format_cell(s["paused_ms"]["p95"]),
+                format_cell(s["decision_ms"]["p95"]),
+                format_cell(s["state_word_errors"]),
+                format_cell(s["llm_tokens_after_cancel"]),
+                format_cell(s["response_ms"]["p50"]),
                 f"{s['preemptive_discarded']}/{s['preemptive_calls']}",
                 "-" if s["user_turn_wer"] is None else f"{100 * s['user_turn_wer']:.0f}%",
             )

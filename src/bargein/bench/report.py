@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bargein.bench.metrics import words_of
+from bargein.bench.metrics import format_cell, words_of
 from bargein.bench.trace import (
     Mark,
     MarkKind,
@@ -391,13 +391,9 @@ def problems_of(scenario: Mapping[str, Any]) -> list[str]:
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return format_cell(value, digits)
 
 
 def _pct(value: Any) -> str:
