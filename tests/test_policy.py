@@ -19,6 +19,7 @@ from bargein.policy import (
     Playout,
     PolicyConfig,
     PolicyError,
+    Reading,
     ReleaseOutput,
     ReplyFailed,
     ReplyFinished,
@@ -413,3 +414,47 @@ def test_the_ablation_baselines_decide_on_voice_alone() -> None:
     short = ended_overlap(("stop",), 0.4)
     decision = duration.decide(short, 0.4)
     assert decision is not None and (decision.kind, decision.reason) == ("resume", "short")
+
+
+def test_an_early_reading_of_a_command_commits_while_the_user_still_talks() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.5)
+    actions = policy.handle(Reading(1.55, policy.utterance, ("hold", "on")))
+    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
+    assert policy.interruptions[0].reason == "spotted:hold on"
+
+
+def test_an_early_backchannel_reading_holds_off_the_duration_commit() -> None:
+    """A drawn-out "okay, okay" outlasts the 0.8 s duration rule; read as a backchannel so
+    far, it may run to ``backchannel_after_s`` before voice alone takes the floor."""
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.6)
+    assert policy.handle(Reading(1.6, policy.utterance, ("okay",))) == []
+    assert policy.next_deadline() == pytest.approx(2.6)
+    assert voice(policy, 1.6, 2.4) == []  # past 0.8 s, still tentative
+    assert policy.state is Floor.TENTATIVE
+    policy.handle(SpeechEnded(2.45))
+    assert policy.handle(Words(2.5, ("okay", "okay"), final=True)) == [ResumeOutput(1)]
+
+
+def test_voice_that_goes_on_past_the_backchannel_limit_commits() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.6)
+    policy.handle(Reading(1.6, policy.utterance, ("yeah",)))
+    actions = voice(policy, 1.6, 2.7)
+    assert FlushOutput(1) in actions
+    assert policy.interruptions[0].reason == "duration"
+
+
+def test_a_reading_of_another_utterance_or_after_the_sound_is_ignored() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    assert policy.handle(Reading(1.5, policy.utterance - 1, ("stop",))) == []
+    policy.handle(SpeechEnded(1.6))
+    assert policy.handle(Reading(1.65, policy.utterance, ("stop",))) == []
+    assert policy.state is Floor.TENTATIVE
+    policy.handle(Words(1.7, ("okay",), final=True))
+    assert policy.handle(Reading(1.8, policy.utterance, ("stop",))) == []  # decided

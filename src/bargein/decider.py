@@ -55,11 +55,13 @@ class Overlap:
     """The frames of the overlapping sound with their features, from just before the
     onset on; empty when the runtime computes no features (the rule needs none)."""
     agent_context: str = ""
-    second_opinion: tuple[str, ...] | None = None
-    """A closed-set phrase spotter's final reading of the sound, when one ran: one of its
-    backchannels or commands, or nothing."""
     """What the agent had said when the user started: the words heard, through the end
     of the sentence under way ("" when nothing had been heard)."""
+    second_opinion: tuple[str, ...] | None = None
+    """A second recogniser's final reading of the sound, when one ran: one of the
+    backchannels or commands, or nothing."""
+    early_reading: tuple[str, ...] | None = None
+    """The same recogniser's latest reading of the sound so far, while it goes on."""
 
     @property
     def latest_words(self) -> tuple[str, ...]:
@@ -91,6 +93,10 @@ INTERRUPT_PHRASES: tuple[str, ...] = (
     "hang on",
     "sorry",
     "excuse me",
+    "one moment",
+    "one second",
+    "just a moment",
+    "just a second",
     "pardon",
     "actually",
     "cancel",
@@ -134,6 +140,11 @@ BACKCHANNEL_PHRASES: tuple[str, ...] = (
     "indeed",
     "fine",
     "good",
+    "sounds good",
+    "makes sense",
+    "of course",
+    "i know",
+    "ha",
 )
 
 
@@ -183,11 +194,16 @@ class RuleDecider:
       ``final_wait_s`` of the end, the latest partial stands in for them;
     - a second reading from a closed-set phrase spotter (:attr:`Overlap.second_opinion`),
       when the session has one, overrides the open recogniser in both directions: a
-      spotted command commits, a spotted backchannel resumes over "other" words.
+      spotted command commits, a spotted backchannel resumes over "other" words;
+    - a reading of the sound so far (:attr:`Overlap.early_reading`, from a second
+      opinion that reads while the user talks) commits at once if it is a command, and
+      if it is a backchannel it moves the duration commit out to ``backchannel_after_s``:
+      "okay, okay" or a drawn-out "mm-hmm" can outlast ``commit_after_s``.
     """
 
     uses_frames: ClassVar[bool] = False
     commit_after_s: float = 0.8
+    backchannel_after_s: float = 1.6
     voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
@@ -200,8 +216,11 @@ class RuleDecider:
         if word is not None:
             return Decision("commit", f"word:{word}")
         if overlap.speech_active:
+            early = normalize_words(overlap.early_reading or ())
+            if early and not only_backchannel(early, self.backchannel_phrases):
+                return Decision("commit", "spotted:" + " ".join(early))
             if (
-                now >= overlap.onset_at + self.commit_after_s
+                now >= self._duration_due(overlap)
                 and now - overlap.last_voiced_at <= self.voiced_gap_s
             ):
                 return Decision("commit", "duration")
@@ -229,11 +248,16 @@ class RuleDecider:
     def deadline(self, overlap: Overlap, now: float) -> float | None:
         if overlap.speech_active:
             # Past the commit time, every new VAD frame brings the next decision.
-            due = overlap.onset_at + self.commit_after_s
+            due = self._duration_due(overlap)
             return due if now < due else None
         if overlap.final_words is None and overlap.speech_ended_at is not None:
             return overlap.speech_ended_at + self.final_wait_s
         return None
+
+    def _duration_due(self, overlap: Overlap) -> float:
+        early = normalize_words(overlap.early_reading or ())
+        backchannel = bool(early) and only_backchannel(early, self.backchannel_phrases)
+        return overlap.onset_at + (self.backchannel_after_s if backchannel else self.commit_after_s)
 
     def _interrupt_word(self, overlap: Overlap) -> str | None:
         if overlap.final_words is not None:

@@ -136,6 +136,19 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """A second recogniser's reading of an overlap so far, while the user still talks.
+
+    Counts only while ``utterance`` is the overlap tier 2 is deciding about; a reading
+    that comes back after the decision, or after the sound ended, is ignored.
+    """
+
+    at: float
+    utterance: int
+    words: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TurnEndProbability:
     """How likely the user's turn is complete, judged on the words up to ``utterance``.
 
@@ -153,6 +166,7 @@ Event = (
     | SpeechEnded
     | VoiceActivity
     | Words
+    | Reading
     | RequestReply
     | FirstToken
     | Playout
@@ -386,6 +400,8 @@ class FloorPolicy:
                 return self._on_voice(event)
             case Words():
                 return self._on_words(event)
+            case Reading():
+                return self._on_reading(event)
             case RequestReply():
                 if self.state is not Floor.LISTENING:
                     raise PolicyError(f"reply requested while {self.state.value}")
@@ -549,6 +565,15 @@ class FloorPolicy:
         self._turn.utterance_words = ()
         self._turn.utterances.clear()
         return []
+
+    def _on_reading(self, event: Reading) -> list[Action]:
+        overlap = self._overlap
+        if self.state is not Floor.TENTATIVE or overlap is None:
+            return []
+        if event.utterance != self._utterance or not overlap.speech_active:
+            return []
+        overlap.early_reading = event.words
+        return self._decide(event.at)
 
     def _on_tick(self, now: float) -> list[Action]:
         if self.state is Floor.TENTATIVE:
