@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -579,3 +579,102 @@ def test_tier_1_pauses_before_the_recogniser_hears_the_pre_roll() -> None:
     [record] = session.timeline
     assert record.decision == "commit"
     assert session.conversation.messages[1].content == "what about tuesday"
+
+
+class DeferredSpotter(ScriptedRecognizer):
+    """A second opinion whose reading is slow: the session asks for it as deferred work."""
+
+    def __init__(self, utterances: list[Utterance], fail: bool = False) -> None:
+        super().__init__(utterances)
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def finish(self) -> Sequence[str]:
+        self.calls.append("finish")
+        return super().finish()
+
+    def finish_later(self) -> Callable[[], Sequence[str]]:
+        self.calls.append("finish_later")
+        words = super().finish()  # the utterance closes now; the reading comes later
+
+        def work() -> Sequence[str]:
+            self.calls.append("work")
+            if self.fail:
+                raise RuntimeError("reader gone")
+            return words
+
+        return work
+
+
+def deferred_session(spotter: DeferredSpotter) -> Session:
+    mishearing: Utterance = ([(1.2, ("look",))], ("look", "i"))
+
+    async def main() -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([mishearing, WHAT_ABOUT_TUESDAY]),
+            second_opinion=spotter,
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            await drive(session, speaker, [(1.0, 1.4), (9.0, 10.0)], until=11.0)
+        return session
+
+    return run(main(), "virtual")
+
+
+def test_a_slow_second_reading_runs_as_deferred_work_and_still_decides() -> None:
+    spotter = DeferredSpotter([([], ("okay",))])
+    session = deferred_session(spotter)
+    [record] = session.timeline
+    assert (record.decision, record.reason) == ("resume", "spotted:okay")
+    assert spotter.calls == ["finish_later", "work"]  # never the blocking finish()
+    assert not session.errors
+
+
+def test_a_failing_deferred_reading_is_reported_and_the_rule_decides_without_it() -> None:
+    spotter = DeferredSpotter([([], ("okay",))], fail=True)
+    session = deferred_session(spotter)
+    [record] = session.timeline
+    assert (record.decision, record.reason) == ("commit", "words:look i")
+    assert session.errors == ["recogniser: RuntimeError: reader gone"]
+
+
+def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends() -> None:
+    """A reader with ``peek_later`` is asked about the overlap while it lasts: here it hears
+    "stop" half a second in, where the open recogniser has nothing useful."""
+
+    class Peeking(DeferredSpotter):
+        def __init__(self) -> None:
+            super().__init__([([], ("stop",))])
+            self.peeks: list[float] = []
+
+        def peek_later(self) -> Callable[[], Sequence[str]]:
+            self.peeks.append(asyncio.get_running_loop().time())
+            return lambda: ("stop",)
+
+    spotter = Peeking()
+    mumble: Utterance = ([(1.2, ("the",))], ("the", "top"))
+
+    async def main() -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([mumble, WHAT_ABOUT_TUESDAY]),
+            second_opinion=spotter,
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            await drive(session, speaker, [(1.0, 2.0)], until=4.0)
+        return session
+
+    session = run(main(), "virtual")
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "spotted:stop")
+    assert spotter.peeks and spotter.peeks[0] >= 1.5 - 1e-9
+    assert record.decided_at is not None and record.decided_at < 1.7  # before the end at 2.0

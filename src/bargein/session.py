@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from bargein.policy import (
     PauseOutput,
     Playout,
     PolicyConfig,
+    Reading,
     ReleaseOutput,
     ReplyFailed,
     ReplyFinished,
@@ -78,6 +79,12 @@ from bargein.vad import LoudnessGate, SpeechSegmenter
 
 log = logging.getLogger("bargein.session")
 timeline_log = logging.getLogger("bargein.timeline")
+
+_PEEK_FIRST_S: Final = 0.4
+"""How long an overlap runs before a second opinion that can read it so far is asked to;
+then again every ``_PEEK_EVERY_S``, so that one reading lands before the rule's 0.8 s
+duration commit."""
+_PEEK_EVERY_S: Final = 0.2
 
 
 class AudioFormatError(ValueError):
@@ -209,6 +216,11 @@ class Session:
         spotter (:class:`bargein.providers.phrases.PocketSphinxPhraseSpotter`): its reading
         reaches tier 2 with the final words, for the rule to weigh."""
         self._spotting = False
+        self._pending_final: Words | None = None
+        self._spot_started_at = 0.0
+        self._peeked_at: float | None = None
+        """When the in-flight reading of an overlap so far started (None: none runs)."""
+        self._last_peek = float("-inf")
         if turn_end is None and self.config.policy.turn_end == "semantic":
             turn_end = WordTurnEndDetector()
         self.turn_end = turn_end
@@ -368,18 +380,57 @@ class Session:
                 self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
             final = tuple(self._recognize(self.recognizer.finish))
-            second = self._spotted()
-            if not self.segmenter.confirmed:
+            confirmed = self.segmenter.confirmed
+            if not confirmed:
                 final = ()  # loud but never a voice: whatever the recogniser made of it
-                second = None if second is None else ()
+            reading = self._spotting and self.second_opinion is not None
+            later = getattr(self.second_opinion, "finish_later", None) if reading else None
             self._handle(change)
-            self._handle(Words(at, final, final=True, second_opinion=second))
-            self._estimate_turn_end()
-            user_turn = (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING)
-            if self.transcriber is not None and self.policy.state in user_turn:
-                # Part of a user turn: transcribe now, while the turn-end silence runs.
-                # An overlap that tier 2 may still resume from waits until it is needed.
-                self._utterance_transcript(self._utterance)
+            second: tuple[str, ...] | None = None
+            if reading and not confirmed:
+                self._spotting, second = False, ()  # no voice: nothing to read
+            elif later is not None and self._group is not None:
+                # A slow second reading (a Whisper pass) runs off the audio path, and the
+                # final words reach the policy together with it; tier 2 waits for them
+                # as for any final words, up to its own limit.
+                self._spotting = False
+                work = self._recognize(later)
+                if callable(work):
+                    pending = self._pending_final = Words(at, final, final=True)
+                    self._group.create_task(self._second_reading(pending, work))
+                    return
+            elif reading:
+                second = self._spotted()
+            self._final_words(Words(at, final, final=True, second_opinion=second))
+
+    async def _second_reading(self, pending: Words, work: Callable[[], Sequence[str]]) -> None:
+        try:
+            words: tuple[str, ...] | None = tuple(await run_blocking(work))
+        except Exception as exc:
+            message = f"recogniser: {describe_error(exc)}"
+            if not self.errors or self.errors[-1] != message:
+                self.errors.append(message)
+                log.warning("%s", message)
+            words = None
+        if self._pending_final is pending:
+            self._pending_final = None
+            self._final_words(replace(pending, at=self.now(), second_opinion=words))
+
+    def _flush_final(self) -> None:
+        """Deliver final words still waiting for a second reading, without it: the user
+        spoke again, and the policy must hear one utterance's end before the next start."""
+        pending, self._pending_final = self._pending_final, None
+        if pending is not None:
+            self._final_words(replace(pending, at=self.now()))
+
+    def _final_words(self, words: Words) -> None:
+        self._handle(words)
+        self._estimate_turn_end()
+        user_turn = (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING)
+        if self.transcriber is not None and self.policy.state in user_turn:
+            # Part of a user turn: transcribe now, while the turn-end silence runs.
+            # An overlap that tier 2 may still resume from waits until it is needed.
+            self._utterance_transcript(self._utterance)
 
     def _estimate_turn_end(self) -> None:
         """The user paused: ask the turn-end detector, off the audio path, about the turn.
@@ -415,6 +466,7 @@ class Session:
         self._handle(TurnEndProbability(self.now(), utterance, float(probability)))
 
     def _speech_started(self, start: SpeechStarted) -> None:
+        self._flush_final()
         self._utterance += 1
         if self.transcriber is not None:
             self._utterance_audio[self._utterance] = list(self._preroll)
@@ -445,6 +497,7 @@ class Session:
             # Only sound over the agent's voice needs the second reading: tier 2 is
             # deciding about it.
             self._spotting = self._recognize(self.second_opinion.start) is None
+            self._spot_started_at, self._last_peek = self.now(), float("-inf")
             for past in backlog:
                 self._spot(past)
         self._handle(Words(self.now(), tuple(words)))
@@ -453,9 +506,44 @@ class Session:
         if not self._spotting or self.second_opinion is None:
             return
         if self.policy.state is not Floor.TENTATIVE:
-            self._spotted()  # decided already: the reading is no longer wanted
+            # Decided already: the reading is no longer wanted. Close the utterance
+            # without doing a slow reader's work.
+            self._spotting = False
+            later = getattr(self.second_opinion, "finish_later", None)
+            self._recognize(later if later is not None else self.second_opinion.finish)
             return
         self._recognize(self.second_opinion.feed, frame)
+        self._peek()
+
+    def _peek(self) -> None:
+        """Start a reading of the overlap so far, if the second opinion offers one and it
+        is time: a command can then commit before the user has finished saying it, and a
+        long backchannel is known as one before the duration rule would take it for a bid.
+        One reading at a time, from ``_PEEK_FIRST_S`` after the start and then every
+        ``_PEEK_EVERY_S``."""
+        peek = getattr(self.second_opinion, "peek_later", None)
+        if peek is None or self._group is None or self._peeked_at is not None:
+            return
+        now = self.now()
+        if now < self._spot_started_at + _PEEK_FIRST_S or now < self._last_peek + _PEEK_EVERY_S:
+            return
+        work = self._recognize(peek)
+        if callable(work):
+            self._peeked_at = self._last_peek = now
+            self._group.create_task(self._early_reading(self.policy.utterance, work))
+
+    async def _early_reading(self, utterance: int, work: Callable[[], Sequence[str]]) -> None:
+        try:
+            words = tuple(await run_blocking(work))
+        except Exception as exc:
+            message = f"recogniser: {describe_error(exc)}"
+            if not self.errors or self.errors[-1] != message:
+                self.errors.append(message)
+                log.warning("%s", message)
+            return
+        finally:
+            self._peeked_at = None
+        self._handle(Reading(self.now(), utterance, words))
 
     def _spotted(self) -> tuple[str, ...] | None:
         """Close the second recogniser's utterance: its final words, or None if it did not run."""

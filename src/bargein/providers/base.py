@@ -48,6 +48,12 @@ class StreamingRecognizer(Protocol):
 
     ``feed`` returns the current partial hypothesis (lower-case words, may change on
     every call); ``finish`` closes the utterance and returns the final words.
+
+    A recogniser whose final reading is slow (a Whisper pass) may also offer
+    ``finish_later() -> Callable[[], Sequence[str]]``: it closes the utterance at once and
+    returns the reading as work that the session runs in a worker thread; and
+    ``peek_later()`` of the same shape, a reading of the utterance so far that leaves it
+    open, which the session asks for now and then while a second opinion's overlap lasts.
     """
 
     sample_rate: int
