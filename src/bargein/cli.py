@@ -388,8 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--spotter",
-        action="store_true",
-        help="tier 2 also hears a closed-set phrase spotter's reading of each overlap "
+        nargs="?",
+        const="phrases",
+        choices=("phrases", "whisper"),
+        help="tier 2 also hears a second reading of each overlap: PocketSphinx's closed-set "
+        "phrase spotter (the default when given alone) or Whisper on a short window "
         "(docs/tier2.md)",
     )
     bench.add_argument(
@@ -609,9 +612,12 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--spotter",
-        action="store_true",
-        help="tier 2 also hears a closed-set phrase spotter's reading of each overlap "
-        "(fewer stops for 'uh-huh', another recogniser per session; docs/tier2.md)",
+        nargs="?",
+        const="phrases",
+        choices=("phrases", "whisper"),
+        help="tier 2 also hears a second reading of each overlap (fewer stops for "
+        "'uh-huh'): PocketSphinx's closed-set phrase spotter (the default when given "
+        "alone) or Whisper on a short window, sharing the transcriber's model (docs/tier2.md)",
     )
 
 

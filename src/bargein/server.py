@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 from starlette.websockets import WebSocket
 
-from bargein.transports.stack import AgentStack
+from bargein.transports.stack import AgentStack, SpotterName
 from bargein.transports.websocket import CLOSE_SERVER_ERROR, serve_websocket
 
 __all__ = [
@@ -75,7 +75,7 @@ def default_stack(
     api_key: str | None = None,
     *,
     transcripts: bool = True,
-    spotter: bool = False,
+    spotter: SpotterName | None = None,
 ) -> AgentStack:
     """The embedded stack (or another LLM), told to answer at length.
 
@@ -90,10 +90,14 @@ def default_stack(
         language.max_tokens = REPLY_TOKENS
     stack = AgentStack.default(language, transcripts=transcripts)
     stack.config.system_prompt = LONG_REPLIES_PROMPT
-    if spotter:
+    if spotter == "phrases":
         from bargein.transports.stack import phrase_spotter
 
         stack.spotter_factory = phrase_spotter
+    elif spotter == "whisper":
+        from bargein.transports.stack import whisper_reader
+
+        stack.spotter_factory = whisper_reader(stack.transcriber)
     return stack
 
 

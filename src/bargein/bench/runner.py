@@ -47,6 +47,7 @@ from bargein.providers.base import (
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, ScenarioError, load_set
 from bargein.session import Session, SessionConfig, describe_error
+from bargein.transports.stack import SpotterName
 
 MIC_RATE = 16000
 MIC_CHUNK = 160
@@ -67,7 +68,7 @@ class Stack:
     second_opinion: StreamingRecognizer | None = None
 
 
-def default_stack(transcripts: bool = False, spotter: bool = False) -> Stack:
+def default_stack(transcripts: bool = False, spotter: SpotterName | None = None) -> Stack:
     """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, and with
     ``transcripts`` Whisper for the user's turns.
 
@@ -82,11 +83,16 @@ def default_stack(transcripts: bool = False, spotter: bool = False) -> Stack:
         from bargein.providers.whisper import WhisperTranscriber
 
         transcriber = WhisperTranscriber()
-    second = None
-    if spotter:
+    second: StreamingRecognizer | None = None
+    if spotter == "phrases":
         from bargein.providers.phrases import PocketSphinxPhraseSpotter
 
         second = PocketSphinxPhraseSpotter()
+    elif spotter == "whisper":
+        from bargein.providers.whisper_phrases import WhisperPhraseReader
+
+        shared = transcriber.loaded_model if transcriber is not None else None
+        second = WhisperPhraseReader(shared=shared).stream()
     tts = CachedTTS(PiperTTS.repeatable())
     return Stack(SileroVAD(), PocketSphinxRecognizer(), tts, transcriber, second)
 

@@ -467,6 +467,12 @@ class WhisperTranscriber:
         except Exception as exc:  # CTranslate2, huggingface_hub and OS errors alike
             raise ProviderError(f"could not load Whisper model {self.model!r}: {exc}") from exc
 
+    @property
+    def loaded_model(self) -> Any:
+        """The loaded ``faster_whisper.WhisperModel``, for sharing with a
+        :class:`~bargein.providers.whisper_phrases.WhisperPhraseReader`."""
+        return self._model
+
     def _is_silent(self, audio: FloatAudio) -> bool:
         if self.silence_dbfs is None:
             return False

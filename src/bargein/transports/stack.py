@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from bargein.decider import Decider
 from bargein.providers.base import (
@@ -35,11 +36,30 @@ def _pocketsphinx() -> StreamingRecognizer:
     return PocketSphinxRecognizer()
 
 
+SpotterName = Literal["phrases", "whisper"]
+"""Tier 2's second opinion: PocketSphinx's closed-set phrase spotter, or Whisper reading
+each overlap as one of the rule's phrases (docs/tier2.md)."""
+
+
 def phrase_spotter() -> StreamingRecognizer:
     """The closed-set phrase spotter, as a ``spotter_factory``."""
     from bargein.providers.phrases import PocketSphinxPhraseSpotter
 
     return PocketSphinxPhraseSpotter()
+
+
+def whisper_reader(transcriber: Transcriber | None = None) -> Callable[[], StreamingRecognizer]:
+    """Whisper reading each overlap as one of tier 2's phrases, as a ``spotter_factory``.
+
+    One model serves every session (the transcriber's, when it is Whisper); each session
+    gets its own stream over it.
+    """
+    from bargein.providers.whisper import WhisperTranscriber
+    from bargein.providers.whisper_phrases import WhisperPhraseReader
+
+    shared = transcriber.loaded_model if isinstance(transcriber, WhisperTranscriber) else None
+    reader = WhisperPhraseReader(shared=shared)
+    return reader.stream
 
 
 @dataclass
@@ -54,16 +74,18 @@ class AgentStack:
     recognizer_factory: Callable[[], StreamingRecognizer] = _pocketsphinx
     decider_factory: Callable[[], Decider] | None = None
     spotter_factory: Callable[[], StreamingRecognizer] | None = None
-    """A second opinion for tier 2 on each overlap (a phrase spotter); None: the rule alone."""
+    """A second opinion for tier 2 on each overlap (:func:`phrase_spotter` or
+    :func:`whisper_reader`); None: the rule alone."""
 
     def session(
         self, sink: AudioSink, *, llm: LanguageModel | None = None, narrowband: bool = False
     ) -> Session:
         """A new session on ``sink`` with fresh detectors; ``llm`` overrides the shared one.
 
-        ``narrowband``: the microphone is phone audio (8 kHz, upsampled). The phrase spotter
-        is left out there: on Media Streams it took "Stop" for "got it" and made tier 2
-        miss a third of the short commands (BENCHMARKS.md).
+        ``narrowband``: the microphone is phone audio (8 kHz, upsampled). The second opinion
+        is left out there: on Media Streams the phrase spotter took "Stop" for "got it" and
+        made tier 2 miss a third of the short commands (BENCHMARKS.md); the Whisper reader
+        is not yet measured on phone audio.
         """
         return Session(
             vad=self.vad_factory(),

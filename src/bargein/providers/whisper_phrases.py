@@ -1,0 +1,376 @@
+"""Whisper as tier 2's second opinion: which of the rule's phrases was that short sound?
+
+Why Whisper, when the session already has two PocketSphinx readings: both of those hear
+synthetic and accented voices badly at the lengths tier 2 cares about. The open recogniser
+turns "okay" into "look i", and the closed-set spotter, forced to choose, takes "hang on"
+for "true". Whisper ``base`` hears most of these right, but run the usual way (the clip
+padded to a 30 s window) it costs about a second per call, far too slow for a decision
+that should come within a few hundred milliseconds.
+
+How it is made fast enough:
+
+* **A short window.** The encoder runs on the overlap padded only to ``window_s`` (3 s),
+  not to 30 s: about 30-50 ms of CPU instead of a second. Whisper was trained on 30 s
+  windows and, given less, tends to repeat itself ("Stop Stop Stop"); repeats do not change
+  which phrase was said, and the greedy decode is capped at a few tokens.
+* **A free reading first.** The greedy decode is the first answer: a reading that contains
+  one of the commands (``INTERRUPT_PHRASES``) is that command, and one made only of
+  backchannels is a backchannel.
+* **Then the phrases, scored.** Otherwise the reading is a near miss ("Chair" for "Sure.",
+  "Voton" for "Hold on.") or a real sentence. Each class's likeliest phrases (ranked by the
+  decoder's first-token distribution, which the greedy step computed anyway) are scored by
+  forced decoding: the sum of the log probabilities Whisper gives their tokens after that
+  audio. The class whose best phrase wins by ``margin`` nats is the answer. A reading of
+  more than ``max_phrase_words`` distinct words is a sentence, not a phrase, and gets no
+  answer; nor does a tie.
+
+The answer has the spotter's shape (:class:`bargein.providers.phrases.PocketSphinxPhraseSpotter`):
+the words of one backchannel or one command, or nothing. :class:`bargein.decider.RuleDecider`
+commits on a command and resumes on a backchannel; on nothing it decides on the streaming
+recogniser's words as it would without a second opinion.
+
+One :class:`WhisperPhraseReader` holds the model and is shared by every session (calls are
+thread-safe); each session gets its own :meth:`WhisperPhraseReader.stream`, which buffers the
+overlap's audio and reads it when the overlap ends.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from bargein.audio import window_dbfs
+from bargein.decider import (
+    BACKCHANNEL_PHRASES,
+    INTERRUPT_PHRASES,
+    normalize_words,
+    only_backchannel,
+)
+from bargein.providers.base import FloatAudio, ProviderError
+
+__all__ = ["PhraseReading", "WhisperPhraseReader", "WhisperPhraseStream"]
+
+_SAMPLE_RATE: Final = 16000
+_HOP: Final = 160
+"""Whisper's mel frames are 10 ms apart."""
+_MAX_WINDOW_S: Final = 30.0
+_FUZZY_MIN_LETTERS: Final = 5
+_MAX_TOKENS: Final = 12
+"""Enough for any of the phrases twice over; a sentence is known as one long before."""
+_PROMPT: Final = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+
+_SPELLINGS: Final = {
+    "uh huh": "Uh-huh",
+    "mm hmm": "Mm-hmm",
+    "ok": None,  # "okay" covers it
+    "i see": "I see",
+}
+"""How Whisper writes some of the rule's phrases (None: not scored separately)."""
+
+
+@dataclass(frozen=True)
+class PhraseReading:
+    """What the reader made of one clip, for the timeline and for tuning."""
+
+    words: tuple[str, ...]
+    """The answer: one phrase's words, or () for none."""
+    how: str
+    """"silent", "free" (the greedy reading decided), "scored", "sentence" or "tie"."""
+    free_text: str
+    backchannel_score: float = -math.inf
+    command_score: float = -math.inf
+    scored: tuple[tuple[str, float], ...] = ()
+    """The phrases scored by forced decoding, with their scores (log probability)."""
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two short strings."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def _written(phrase: str) -> str | None:
+    if phrase in _SPELLINGS:
+        spelled = _SPELLINGS[phrase]
+        return None if spelled is None else spelled + "."
+    return phrase[:1].upper() + phrase[1:] + "."
+
+
+def _distinct(words: Sequence[str]) -> tuple[str, ...]:
+    """The words with repeats folded: "stop stop stop" -> stop, "wait a second wait a" -> wait
+    a second. Whisper on a short window often repeats the phrase until the token limit cuts
+    it, so a reading that is one phrase over and over (the last copy perhaps cut short) is
+    that phrase once; immediate repeats inside a longer reading fold too."""
+    out = list(words)
+    for period in range(1, len(out)):
+        if out[period:] == out[: len(out) - period]:
+            out = out[:period]
+            break
+    changed = True
+    while changed:
+        changed = False
+        for size in range(1, len(out) // 2 + 1):
+            for i in range(len(out) - 2 * size + 1):
+                if out[i : i + size] == out[i + size : i + 2 * size]:
+                    del out[i + size : i + 2 * size]
+                    changed = True
+                    break
+            if changed:
+                break
+    return tuple(out)
+
+
+class WhisperPhraseReader:
+    """Reads a short overlap as one of tier 2's phrases, with Whisper on a short window.
+
+    ``model`` is None for the packaged ``base`` model, a CTranslate2 model directory or a
+    faster-whisper model name; ``shared`` reuses an already loaded
+    ``faster_whisper.WhisperModel`` (the session's transcriber's) instead of loading a second
+    copy.
+    """
+
+    sample_rate: int = _SAMPLE_RATE
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        shared: Any = None,
+        cpu_threads: int = 1,
+        window_s: float = 3.0,
+        margin: float = 0.5,
+        per_class: int = 3,
+        max_phrase_words: int = 3,
+        silence_dbfs: float = -60.0,
+        interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES,
+        backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES,
+    ) -> None:
+        if not 0.5 <= window_s <= _MAX_WINDOW_S:
+            raise ValueError(f"window_s must be within [0.5, 30], got {window_s}")
+        if per_class < 1:
+            raise ValueError(f"per_class must be at least 1, got {per_class}")
+        self.window_s = window_s
+        self.margin = margin
+        self.per_class = per_class
+        self.max_phrase_words = max_phrase_words
+        self.silence_dbfs = silence_dbfs
+        self.interrupt_phrases = tuple(interrupt_phrases)
+        self.backchannel_phrases = tuple(backchannel_phrases)
+        whisper = shared if shared is not None else self._load(model, cpu_threads)
+        try:
+            self._model: Any = whisper.model
+            self._features: Any = whisper.feature_extractor
+            tokenizer: Any = whisper.hf_tokenizer
+        except AttributeError as exc:
+            raise ProviderError(f"not a faster-whisper WhisperModel: {exc}") from exc
+        self._prompt = [tokenizer.token_to_id(token) for token in _PROMPT]
+        if any(token is None for token in self._prompt):
+            raise ProviderError("the Whisper tokenizer lacks the English transcription tokens")
+        self._decode = tokenizer.decode
+        self._candidates: list[tuple[str, bool, list[int]]] = []
+        for phrases, is_command in ((interrupt_phrases, True), (backchannel_phrases, False)):
+            for phrase in phrases:
+                written = _written(phrase)
+                if written is not None:
+                    ids = tokenizer.encode(" " + written, add_special_tokens=False).ids
+                    self._candidates.append((phrase, is_command, list(ids)))
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _load(model: str | Path | None, cpu_threads: int) -> Any:
+        from bargein.providers.whisper import default_model_dir
+
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise ProviderError(
+                f"WhisperPhraseReader needs faster-whisper: {sys.executable} -m pip install "
+                f"faster-whisper ({exc})"
+            ) from exc
+        name = str(default_model_dir()) if model is None else str(model)
+        try:
+            return WhisperModel(name, device="cpu", compute_type="int8", cpu_threads=cpu_threads)
+        except Exception as exc:
+            raise ProviderError(f"could not load Whisper model {name!r}: {exc}") from exc
+
+    def stream(self) -> WhisperPhraseStream:
+        """A per-session :class:`~bargein.providers.base.StreamingRecognizer` over this reader."""
+        return WhisperPhraseStream(self)
+
+    def read(self, audio: FloatAudio) -> PhraseReading:
+        """The phrase heard in ``audio`` (16 kHz mono float32, the whole overlap)."""
+        if audio.size == 0 or float(np.max(window_dbfs(audio, _SAMPLE_RATE))) < self.silence_dbfs:
+            return PhraseReading((), "silent", "")
+        limit = int(_MAX_WINDOW_S * _SAMPLE_RATE)
+        clip = audio[-limit:]
+        window = max(
+            int(self.window_s * _SAMPLE_RATE), math.ceil(clip.size / _SAMPLE_RATE) * _SAMPLE_RATE
+        )
+        padded = np.zeros(min(window, limit), dtype=np.float32)
+        padded[: clip.size] = clip
+        frames = padded.size // _HOP
+        try:
+            import ctranslate2
+
+            mel = self._features(padded, padding=0)[:, :frames]
+            features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None]))
+            with self._lock:
+                return self._read(features, min(frames, math.ceil(clip.size / _HOP)))
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(f"Whisper failed to read a {clip.size}-sample clip: {exc}") from exc
+
+    def _read(self, features: Any, frames: int) -> PhraseReading:
+        import ctranslate2
+
+        encoded = self._model.encode(features)
+        result = self._model.generate(
+            encoded,
+            [self._prompt],
+            beam_size=1,
+            max_length=len(self._prompt) + _MAX_TOKENS,
+            return_logits_vocab=True,
+        )[0]
+        tokens = result.sequences_ids[0]
+        free_text = str(self._decode(tokens)).strip()
+        words = normalize_words(free_text.split())
+        if len(tokens) >= _MAX_TOKENS:
+            words = words[:-1]  # cut off by the token limit, perhaps inside a word
+        words = _distinct(words)
+        command = self._command_in(words)
+        if command is not None:
+            return PhraseReading(command, "free", free_text)
+        if words and only_backchannel(words, self.backchannel_phrases):
+            return PhraseReading(words, "free", free_text)
+        near = self._spelled_like(words)
+        if near is not None:
+            return PhraseReading(near, "free", free_text)
+        if len(words) > self.max_phrase_words:
+            return PhraseReading((), "sentence", free_text)
+
+        first = np.asarray(result.logits[0], dtype=np.float64)
+        first = first[0] if first.ndim == 2 else first
+        finite = np.isfinite(first)
+        peak = float(np.max(first[finite]))
+        log_norm = peak + math.log(float(np.sum(np.exp(first[finite] - peak))))
+        ranked = sorted(
+            self._candidates, key=lambda c: float(first[c[2][0]]) - log_norm, reverse=True
+        )
+        chosen = [c for c in ranked if c[1]][: self.per_class]
+        chosen += [c for c in ranked if not c[1]][: self.per_class]
+        batch = np.repeat(np.asarray(encoded), len(chosen), axis=0)
+        aligned = self._model.align(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(batch)),
+            self._prompt,
+            [c[2] for c in chosen],
+            [frames] * len(chosen),
+        )
+        scores = [
+            float(np.sum(np.log(np.maximum(np.asarray(a.text_token_probs), 1e-12))))
+            for a in aligned
+        ]
+        best: dict[bool, tuple[float, str]] = {}
+        for (phrase, is_command, _ids), score in zip(chosen, scores, strict=True):
+            if is_command not in best or score > best[is_command][0]:
+                best[is_command] = (score, phrase)
+        scored = tuple((c[0], s) for c, s in zip(chosen, scores, strict=True))
+        command_score, command_phrase = best[True]
+        backchannel_score, backchannel_phrase = best[False]
+        if command_score >= backchannel_score + self.margin:
+            answer = tuple(command_phrase.split())
+        elif backchannel_score >= command_score + self.margin:
+            answer = tuple(backchannel_phrase.split())
+        else:
+            answer = ()
+        how = "scored" if answer else "tie"
+        return PhraseReading(answer, how, free_text, backchannel_score, command_score, scored)
+
+    def _spelled_like(self, words: tuple[str, ...]) -> tuple[str, ...] | None:
+        """A phrase of five letters or more that the reading misses by one letter
+        ("make sense" for "makes sense"); shorter phrases have too many neighbours
+        ("so", "go" and "oh" are all one letter from "no")."""
+        text = " ".join(words)
+        if len(text) < _FUZZY_MIN_LETTERS - 1:
+            return None
+        for phrase in (*self.interrupt_phrases, *self.backchannel_phrases):
+            if len(phrase) >= _FUZZY_MIN_LETTERS and _edit_distance(text, phrase) <= 1:
+                return tuple(phrase.split())
+        return None
+
+    def _command_in(self, words: tuple[str, ...]) -> tuple[str, ...] | None:
+        text = " " + " ".join(words) + " "
+        for phrase in self.interrupt_phrases:
+            if f" {phrase} " in text:
+                return tuple(phrase.split())
+        return None
+
+
+class WhisperPhraseStream:
+    """One session's use of a :class:`WhisperPhraseReader`: buffers an overlap, reads it at the end.
+
+    ``feed`` returns no partial words: each reading is a Whisper pass, so the session asks
+    for one now and then (:meth:`peek_later`) and for the last at the end (:meth:`finish_later`),
+    and runs them off the event loop.
+    """
+
+    sample_rate: int = _SAMPLE_RATE
+
+    def __init__(self, reader: WhisperPhraseReader, *, early_margin: float = 2.0) -> None:
+        self.reader = reader
+        self.early_margin = early_margin
+        self.last: PhraseReading | None = None
+        self._chunks: list[FloatAudio] = []
+
+    def start(self) -> None:
+        self._chunks = []
+
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        self._chunks.append(audio)
+        return ()
+
+    def finish(self) -> Sequence[str]:
+        return self.finish_later()()
+
+    def peek_later(self) -> Callable[[], Sequence[str]]:
+        """A reading of the overlap so far, as work to run off the event loop; the
+        utterance stays open.
+
+        Part of a word is easy to mistake ("exa..." scores close to "no"), and a command
+        read early commits at once, so a scored reading counts here only when it wins by
+        ``early_margin`` nats; one the free reading found counts as it is.
+        """
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+
+        def read() -> Sequence[str]:
+            reading = self.reader.read(audio.astype(np.float32, copy=False))
+            if reading.how == "scored":
+                gap = abs(reading.backchannel_score - reading.command_score)
+                return reading.words if gap >= self.early_margin else ()
+            return reading.words
+
+        return read
+
+    def finish_later(self) -> Callable[[], Sequence[str]]:
+        """Close the utterance now and return the reading as work to run later, off the
+        event loop (the session does): the buffer is taken here, so the next
+        :meth:`start` cannot race with the reading."""
+        chunks, self._chunks = self._chunks, []
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+        def read() -> Sequence[str]:
+            self.last = self.reader.read(audio.astype(np.float32, copy=False))
+            return self.last.words
+
+        return read

@@ -1,0 +1,147 @@
+"""Tests of Whisper as tier 2's second opinion, on the packaged model and real Piper speech.
+
+Piper runs without sampling noise, so each clip and each reading is the same on every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bargein.audio import resample
+from bargein.providers.base import FloatAudio, ProviderError, StreamingRecognizer
+from bargein.providers.piper import PiperTTS
+from bargein.providers.whisper_phrases import WhisperPhraseReader, _distinct
+
+
+@pytest.fixture(scope="module")
+def tts() -> PiperTTS:
+    return PiperTTS(noise_scale=0.0, noise_w_scale=0.0)
+
+
+@pytest.fixture(scope="module")
+def reader() -> WhisperPhraseReader:
+    return WhisperPhraseReader()
+
+
+def speak(tts: PiperTTS, text: str) -> FloatAudio:
+    """``text`` at 16 kHz with a quarter second of silence either side, as the VAD cuts it."""
+    audio = np.concatenate([chunk.audio for chunk in tts.synthesize(text)])
+    speech = resample(audio, tts.sample_rate, 16000).astype(np.float32)
+    pad = np.zeros(4000, dtype=np.float32)
+    return np.concatenate([pad, speech, pad]).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("words", "folded"),
+    [
+        ("stop stop stop", "stop"),
+        ("wait a second wait a second wait a", "wait a second"),
+        ("no no", "no"),
+        ("oh okay okay", "oh okay"),
+        ("i am not a fan of it", "i am not a fan of it"),
+        ("", ""),
+    ],
+)
+def test_repeats_fold_to_one_phrase(words: str, folded: str) -> None:
+    assert _distinct(words.split()) == tuple(folded.split())
+
+
+@pytest.mark.parametrize(("text", "expected"), [("Stop.", ("stop",)), ("Hold on.", ("hold", "on"))])
+def test_commands_are_read_as_commands(
+    tts: PiperTTS, reader: WhisperPhraseReader, text: str, expected: tuple[str, ...]
+) -> None:
+    reading = reader.read(speak(tts, text))
+    assert reading.words == expected
+    assert reading.how == "free"
+
+
+@pytest.mark.parametrize("text", ["Yeah.", "Okay.", "Mm-hmm.", "Right."])
+def test_backchannels_are_read_as_backchannels(
+    tts: PiperTTS, reader: WhisperPhraseReader, text: str
+) -> None:
+    from bargein.decider import only_backchannel
+
+    words = reader.read(speak(tts, text)).words
+    assert words and only_backchannel(words)
+
+
+def test_a_sentence_is_no_phrase(tts: PiperTTS, reader: WhisperPhraseReader) -> None:
+    reading = reader.read(speak(tts, "Could you book me a table for tomorrow evening?"))
+    assert reading.words == ()
+    assert reading.how == "sentence"
+
+
+def test_silence_is_not_read(reader: WhisperPhraseReader) -> None:
+    reading = reader.read(np.zeros(16000, dtype=np.float32))
+    assert (reading.words, reading.how) == ((), "silent")
+
+
+def test_a_near_miss_is_scored_against_the_phrases(tts: PiperTTS) -> None:
+    """With only "wait" and "yeah" to choose from, a free reading that is neither ("Wade")
+    is settled by forced decoding, and the phrase that sounds like it wins."""
+    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
+    reading = reader.read(speak(tts, "Wade."))
+    assert reading.how == "scored", reading
+    assert reading.words == ("wait",)
+    assert reading.command_score > reading.backchannel_score + reader.margin
+    assert {phrase for phrase, _score in reading.scored} == {"wait", "yeah"}
+
+
+def test_the_stream_buffers_an_overlap_and_reads_it_once(
+    tts: PiperTTS, reader: WhisperPhraseReader
+) -> None:
+    stream = reader.stream()
+    assert isinstance(stream, StreamingRecognizer)
+    audio = speak(tts, "Stop.")
+    stream.start()
+    for i in range(0, audio.size, 320):
+        assert list(stream.feed(audio[i : i + 320])) == []
+    work = stream.finish_later()
+    stream.start()  # the next overlap may begin before the reading runs
+    stream.feed(np.zeros(320, dtype=np.float32))
+    assert list(work()) == ["stop"]
+    assert stream.last is not None and stream.last.words == ("stop",)
+
+
+def test_the_transcriber_s_model_can_be_shared() -> None:
+    from bargein.providers.whisper import WhisperTranscriber
+
+    transcriber = WhisperTranscriber()
+    shared = WhisperPhraseReader(shared=transcriber.loaded_model)
+    assert shared._model is transcriber.loaded_model.model
+
+
+def test_bad_options_and_models_are_refused() -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        WhisperPhraseReader(window_s=0.1)
+    with pytest.raises(ValueError, match="per_class"):
+        WhisperPhraseReader(per_class=0)
+    with pytest.raises(ProviderError, match="not a faster-whisper"):
+        WhisperPhraseReader(shared=object())
+
+
+def test_a_reading_one_letter_from_a_long_phrase_is_that_phrase(
+    reader: WhisperPhraseReader,
+) -> None:
+    from bargein.providers.whisper_phrases import _edit_distance
+
+    assert _edit_distance("make sense", "makes sense") == 1
+    assert _edit_distance("kitten", "sitting") == 3
+    assert reader._spelled_like(("make", "sense")) == ("makes", "sense")
+    assert reader._spelled_like(("so",)) is None  # one letter from "no", but too short
+    assert reader._spelled_like(("sense", "make")) is None
+
+
+def test_an_early_reading_needs_a_clear_win(tts: PiperTTS) -> None:
+    """Read while the user is still talking, a scored phrase counts only with a margin of
+    ``early_margin`` nats, since a command read early commits at once."""
+    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
+    audio = speak(tts, "Wade.")
+    for early_margin, expected in ((2.0, ["wait"]), (1000.0, [])):
+        stream = reader.stream()
+        stream.early_margin = early_margin
+        stream.start()
+        stream.feed(audio)
+        assert list(stream.peek_later()()) == expected
+        assert list(stream.finish()) == ["wait"]  # the final reading keeps the usual margin
