@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bargein.audio import resample
-from bargein.providers.base import FloatAudio, ProviderError, StreamingRecognizer
+from bargein.providers.base import ProviderError, StreamingRecognizer
 from bargein.providers.piper import PiperTTS
 from bargein.providers.whisper_phrases import WhisperPhraseReader, _distinct
+from tests.test_phrases import speak
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,6 @@ def tts() -> PiperTTS:
 @pytest.fixture(scope="module")
 def reader() -> WhisperPhraseReader:
     return WhisperPhraseReader()
-
-
-def speak(tts: PiperTTS, text: str) -> FloatAudio:
-    """``text`` at 16 kHz with a quarter second of silence either side, as the VAD cuts it."""
-    audio = np.concatenate([chunk.audio for chunk in tts.synthesize(text)])
-    speech = resample(audio, tts.sample_rate, 16000).astype(np.float32)
-    pad = np.zeros(4000, dtype=np.float32)
-    return np.concatenate([pad, speech, pad]).astype(np.float32)
 
 
 @pytest.mark.parametrize(

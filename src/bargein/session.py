@@ -407,10 +407,7 @@ class Session:
         try:
             words: tuple[str, ...] | None = tuple(await run_blocking(work))
         except Exception as exc:
-            message = f"recogniser: {describe_error(exc)}"
-            if not self.errors or self.errors[-1] != message:
-                self.errors.append(message)
-                log.warning("%s", message)
+            self._recogniser_failed(exc)
             words = None
         if self._pending_final is pending:
             self._pending_final = None
@@ -536,10 +533,7 @@ class Session:
         try:
             words = tuple(await run_blocking(work))
         except Exception as exc:
-            message = f"recogniser: {describe_error(exc)}"
-            if not self.errors or self.errors[-1] != message:
-                self.errors.append(message)
-                log.warning("%s", message)
+            self._recogniser_failed(exc)
             return
         finally:
             self._peeked_at = None
@@ -575,11 +569,14 @@ class Session:
         try:
             return step(*args)
         except Exception as exc:
-            message = f"recogniser: {describe_error(exc)}"
-            if not self.errors or self.errors[-1] != message:
-                self.errors.append(message)
-                log.warning("%s", message)
+            self._recogniser_failed(exc)
             return ()
+
+    def _recogniser_failed(self, exc: Exception) -> None:
+        message = f"recogniser: {describe_error(exc)}"
+        if not self.errors or self.errors[-1] != message:
+            self.errors.append(message)
+            log.warning("%s", message)
 
     # -- the policy loop ----------------------------------------------------------------
 
