@@ -188,10 +188,15 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    built: list[tuple[str, str | None, str | None, bool, bool]] = []
+    built: list[tuple[str, str | None, str | None, bool, str | None]] = []
 
     def default_stack(
-        llm: str, model: str | None, api_key: str | None, *, transcripts: bool, spotter: bool
+        llm: str,
+        model: str | None,
+        api_key: str | None,
+        *,
+        transcripts: bool,
+        spotter: str | None,
     ) -> AgentStack:
         built.append((llm, model, api_key, transcripts, spotter))
         return make_stack()
@@ -208,7 +213,7 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
         client, ready = await open_client(url)
         assert ready["bench"] is True
         await client.close()
-    assert built == [("http://x/v1", "m", None, False, True)]
+    assert built == [("http://x/v1", "m", None, False, "phrases")]
 
 
 async def test_serve_takes_the_token_from_the_environment(
