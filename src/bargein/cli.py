@@ -386,15 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="transcribe the user's turns with Whisper, as a deployed agent would",
     )
-    bench.add_argument(
-        "--spotter",
-        nargs="?",
-        const="phrases",
-        choices=("phrases", "whisper"),
-        help="tier 2 also hears a second reading of each overlap: PocketSphinx's closed-set "
-        "phrase spotter (the default when given alone) or Whisper on a short window "
-        "(docs/tier2.md)",
-    )
+    _add_spotter_option(bench)
     bench.add_argument(
         "--no-preemptive",
         action="store_true",
@@ -610,6 +602,10 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="answer the streaming recogniser's words instead of waiting for Whisper's "
         "transcript (faster replies on a slow CPU, worse understanding)",
     )
+    _add_spotter_option(parser)
+
+
+def _add_spotter_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spotter",
         nargs="?",
@@ -617,7 +613,8 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         choices=("phrases", "whisper"),
         help="tier 2 also hears a second reading of each overlap (fewer stops for "
         "'uh-huh'): PocketSphinx's closed-set phrase spotter (the default when given "
-        "alone) or Whisper on a short window, sharing the transcriber's model (docs/tier2.md)",
+        "alone) or Whisper on a short window, sharing the transcriber's model "
+        "(docs/tier2.md)",
     )
 
 
