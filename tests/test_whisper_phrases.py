@@ -48,7 +48,7 @@ def test_commands_are_read_as_commands(
     assert reading.how == "free"
 
 
-@pytest.mark.parametrize("text", ["Yeah.", "Okay.", "Mm-hmm.", "Right."])
+@pytest.mark.parametrize("text", ["Yeah.", "Okay.", "Uh-huh.", "Right."])
 def test_backchannels_are_read_as_backchannels(
     tts: PiperTTS, reader: WhisperPhraseReader, text: str
 ) -> None:
@@ -137,3 +137,13 @@ def test_an_early_reading_needs_a_clear_win(tts: PiperTTS) -> None:
         stream.feed(audio)
         assert list(stream.peek_later()()) == expected
         assert list(stream.finish()) == ["wait"]  # the final reading keeps the usual margin
+
+
+def test_a_hum_whisper_cannot_place_is_no_command(
+    tts: PiperTTS, reader: WhisperPhraseReader
+) -> None:
+    """Piper's "Mm-hmm." comes out as "Ememam" and scores as close to "no" as to any
+    backchannel: the reader gives no answer (the rule decides on the open recogniser's
+    words), and above all not a command."""
+    reading = reader.read(speak(tts, "Mm-hmm."))
+    assert (reading.how, reading.words) == ("tie", ())
