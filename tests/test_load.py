@@ -216,7 +216,7 @@ def test_two_sessions_against_an_in_process_server(tmp_path: Path) -> None:
     )
     with serve_in_background(build_app(stack, LagMonitor())) as base:
         url = base.replace("http://", "ws://") + "/ws"
-        row = run_level(2, interleave_kinds(scenarios, None), url, server_pid=os.getpid(),
+        row = run_level(2, interleave_kinds(scenarios, None), url, server_pids=[os.getpid()],
                         options=options)  # fmt: skip
     assert row["failed_sessions"] == 0 and row["scenarios"] == 2 and row["ok"], row["problems"]
     assert row["missed"] == 0 and row["stop_p95_ms"] is not None and row["stop_p95_ms"] < 150
@@ -234,3 +234,20 @@ def test_two_sessions_against_an_in_process_server(tmp_path: Path) -> None:
 def test_a_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited before listening"):
         ServerProcess(tmp_path / "no-such-set").__enter__()
+
+
+def test_a_servers_processes_include_its_workers() -> None:
+    import subprocess
+    import sys
+
+    from bargein.bench.load import process_tree, total_cpu_seconds, total_rss_bytes
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = process_tree(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+        assert total_rss_bytes([os.getpid(), child.pid]) > total_rss_bytes([os.getpid()])
+        assert total_cpu_seconds(tree) >= total_cpu_seconds([os.getpid()]) > 0
+    finally:
+        child.kill()
+        child.wait()

@@ -266,3 +266,34 @@ def test_the_default_agent_is_asked_for_long_replies(monkeypatch: pytest.MonkeyP
     conversation.add_user("Tell me about whales.")
     prompt = transcript_prompt(build_llm_input(conversation, "turn"))
     assert f"(About this call: {LONG_REPLIES_PROMPT})" in prompt
+
+
+def test_serve_with_workers_hands_each_a_picklable_app_factory(
+    served: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pickle
+
+    import bargein.workers
+
+    calls: list[tuple[Any, int]] = []
+
+    def run_workers(factory: Any, sock: Any, workers: int, **options: Any) -> int:
+        calls.append((factory, workers))
+        options["on_started"]([])
+        return 0
+
+    monkeypatch.setattr(bargein.workers, "run_workers", run_workers)
+    assert cli_main(["serve", "--port", "0", "--workers", "2", "--spotter", "whisper"]) == 0
+    assert served == []  # not the one-process server
+    ((factory, workers),) = calls
+    assert workers == 2
+    # Each worker process gets the factory pickled: it must survive the trip.
+    copy = pickle.loads(pickle.dumps(factory))
+    assert copy.func is bargein.server.default_app
+    assert copy.keywords["spotter"] == "whisper" and copy.keywords["bench"] is False
+    assert "serving on http://127.0.0.1:" in capsys.readouterr().err
+
+    assert cli_main(["serve", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err

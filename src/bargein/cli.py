@@ -127,6 +127,9 @@ def _bench_load(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
     if args.clock != "real":
         print("note: --sessions always runs on the real clock", file=sys.stderr)
     only = args.only or []
@@ -135,6 +138,7 @@ def _bench_load(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         kinds=None if "all" in only else tuple(only) or DEFAULT_KINDS,
         recognizer=args.recognizer,
+        workers=args.workers,
         target=args.target,
         server_pid=args.server_pid,
         token=args.token,
@@ -262,26 +266,31 @@ def _bench_demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bargein.server import create_app, default_stack, run_server
+    import functools
+
+    from bargein.server import default_app, run_server
 
     if args.llm != "local" and not args.llm.startswith(("http://", "https://")):
         print(
             f"error: --llm must be 'local' or an http(s):// URL, got {args.llm!r}", file=sys.stderr
         )
         return 2
+    if args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("BARGEIN_TOKEN") or None
-    app = create_app(
-        lambda: default_stack(
-            args.llm,
-            args.model,
-            args.api_key,
-            transcripts=not args.no_transcripts,
-            spotter=args.spotter,
-        ),
+    make_app = functools.partial(
+        default_app,
+        args.llm,
+        args.model,
+        args.api_key,
+        transcripts=not args.no_transcripts,
+        spotter=args.spotter,
         token=token,
         bench=args.bench,
     )
     open_browser = args.command == "demo" and not args.no_browser
+    log_level = "info" if args.verbose else "warning"
 
     def started(address: str) -> None:
         url = f"{address}/" + (f"?token={token}" if token else "")
@@ -292,14 +301,30 @@ def _serve(args: argparse.Namespace) -> int:
 
             webbrowser.open(url)
 
+    if args.workers > 1:
+        from bargein.workers import WorkerFailed, listening_socket, run_workers, socket_address
+
+        try:
+            sock = listening_socket(args.host, args.port)
+        except OSError as exc:
+            print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        address = socket_address(sock)
+        try:
+            return run_workers(
+                make_app,
+                sock,
+                args.workers,
+                log_level=log_level,
+                on_started=lambda workers: started(address),
+            )
+        except WorkerFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            sock.close()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops
-        run_server(
-            app,
-            args.host,
-            args.port,
-            on_started=started,
-            log_level="info" if args.verbose else "warning",
-        )
+        run_server(make_app(), args.host, args.port, on_started=started, log_level=log_level)
     return 0
 
 
@@ -453,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="scenarios each far end plays in a row (default: enough for 18 per N)",
     )
     load.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the load server runs as N processes sharing its port, as `bargein serve "
+        "--workers N` does (default 1)",
+    )
+    load.add_argument(
         "--recognizer",
         choices=["known", "pocketsphinx"],
         default="known",
@@ -586,6 +619,14 @@ def _add_llm_options(parser: argparse.ArgumentParser) -> None:
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port, each with its own models: more "
+        "calls at once on a machine with several cores (docs/load.md)",
+    )
     parser.add_argument(
         "--token",
         help="clients must send this token in their hello (default: $BARGEIN_TOKEN; none)",

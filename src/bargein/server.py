@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
 from starlette.websockets import WebSocket
 
 from bargein.transports.stack import AgentStack, SpotterName
@@ -44,9 +45,11 @@ __all__ = [
     "WEB_DIR",
     "StackLoader",
     "create_app",
+    "default_app",
     "default_stack",
     "run_server",
     "serve_in_background",
+    "uvicorn_config",
 ]
 
 log = logging.getLogger("bargein.server")
@@ -99,6 +102,27 @@ def default_stack(
 
         stack.spotter_factory = whisper_reader(stack.transcriber)
     return stack
+
+
+def default_app(
+    llm: str = "local",
+    model: str | None = None,
+    api_key: str | None = None,
+    *,
+    transcripts: bool = True,
+    spotter: SpotterName | None = None,
+    token: str | None = None,
+    bench: bool = False,
+) -> Starlette:
+    """``bargein serve``'s application: :func:`default_stack`, loaded as the server starts.
+
+    A module-level function of plain arguments, so that ``--workers`` can hand it to each
+    worker process (:mod:`bargein.workers`).
+    """
+    stack = functools.partial(
+        default_stack, llm, model, api_key, transcripts=transcripts, spotter=spotter
+    )
+    return create_app(stack, token=token, bench=bench)
 
 
 class _RevalidatedFiles(StaticFiles):
@@ -240,7 +264,10 @@ def create_app(
     )
 
 
-def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+) -> uvicorn.Config:
+    """How every bargein server runs uvicorn (``host`` and ``port`` unused with sockets)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -266,7 +293,7 @@ def run_server(
     log_level: str = "warning",
 ) -> None:
     """Serve until interrupted; ``on_started`` gets the base URL once the port is open."""
-    server = uvicorn.Server(_config(app, host, port, log_level))
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level=log_level))
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve())
@@ -284,7 +311,7 @@ def serve_in_background(
     app: Starlette, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
 ) -> Iterator[str]:
     """Run ``app`` in a thread while the block runs; yields its base URL (tests, notebooks)."""
-    server = uvicorn.Server(_config(app, host, port, log_level))
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level=log_level))
     thread = threading.Thread(target=server.run, name="bargein-server", daemon=True)
     thread.start()
     for _ in range(400):

@@ -87,10 +87,13 @@ class LoadOptions:
     """Scenario kinds to cycle through; None: every scenario of the set."""
     recognizer: str = "known"
     """The load server's recogniser: ``known`` (the stand-in) or ``pocketsphinx``."""
+    workers: int = 1
+    """The load server's processes (``bargein serve --workers``)."""
     target: str | None = None
     """Measure this running server instead of starting one per N (``--bench`` needed)."""
     server_pid: int | None = None
-    """With ``target``: the server's process, for its CPU and memory."""
+    """With ``target``: the server's process, for its CPU and memory (with the processes
+    below it: a server's workers)."""
     token: str | None = None
     """With ``target``: its access token."""
     stop_p95_limit_ms: float = STOP_P95_LIMIT_MS
@@ -169,6 +172,30 @@ def read_rss_bytes(pid: int) -> int:
     return parse_status_rss_bytes(Path(f"/proc/{pid}/status").read_text())
 
 
+def total_cpu_seconds(pids: Sequence[int]) -> float:
+    return sum(read_cpu_seconds(pid) for pid in pids)
+
+
+def total_rss_bytes(pids: Sequence[int]) -> int:
+    return sum(read_rss_bytes(pid) for pid in pids)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (a server's workers), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            parent = int(text[text.rindex(")") + 1 :].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        tree.append(here)
+        todo.extend(children.get(here, ()))
+    return tree
+
+
 @dataclass(frozen=True)
 class Sample:
     t: float
@@ -207,13 +234,22 @@ def _mean_active(samples: Sequence[Sample]) -> float:
 
 
 class ServerProcess:
-    """``python -m bargein.bench.load_server`` in a child process of its own."""
+    """``python -m bargein.bench.load_server`` in a child process of its own.
 
-    def __init__(self, folder: Path, *, recognizer: str = "known") -> None:
+    With ``workers`` above 1 the server is several processes (:mod:`bargein.workers`):
+    :attr:`pids` holds them all, :attr:`load_urls` each worker's own ``/load`` and
+    :attr:`worker_urls` its own ``/ws`` (to warm every worker up).
+    """
+
+    def __init__(self, folder: Path, *, recognizer: str = "known", workers: int = 1) -> None:
         self.folder = folder
         self.recognizer = recognizer
+        self.workers = workers
         self.url = ""
         self.pid = 0
+        self.pids: list[int] = []
+        self.load_urls: list[str] = []
+        self.worker_urls: list[str] = []
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> ServerProcess:
@@ -225,6 +261,8 @@ class ServerProcess:
             str(self.folder),
             "--recognizer",
             self.recognizer,
+            "--workers",
+            str(self.workers),
         ]
         self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
@@ -238,6 +276,10 @@ class ServerProcess:
             self.close()
             raise
         self.url, self.pid = str(said["listening"]), int(said["pid"])
+        workers = said.get("workers", [])
+        self.pids = [self.pid] + [int(w["pid"]) for w in workers]
+        self.load_urls = [str(w["load"]) for w in workers] or [_load_url(self.url)]
+        self.worker_urls = [str(w["ws"]) for w in workers] or [self.url]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -271,16 +313,33 @@ def _read_line(stream: IO[str] | None, timeout_s: float) -> str:
     return stream.readline()
 
 
-def _load_report(target: str, *, reset: bool = False) -> dict[str, Any]:
-    """The load server's ``/load`` (event-loop lateness); {} from another server."""
+def _load_url(target: str) -> str:
+    """The ``/load`` beside a target's ``/ws``."""
     base = target.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-    url = base.rsplit("/", 1)[0] + "/load" + ("?reset=1" if reset else "")
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.loads(response.read())
-    except (OSError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
+    return base.rsplit("/", 1)[0] + "/load"
+
+
+def _load_report(urls: Sequence[str], *, reset: bool = False) -> dict[str, Any]:
+    """The load servers' ``/load`` (event-loop lateness), the worst of several workers;
+    {} from another server."""
+    reports: list[dict[str, Any]] = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url + ("?reset=1" if reset else ""), timeout=5) as r:
+                body = json.loads(r.read())
+        except (OSError, ValueError):
+            continue
+        if isinstance(body, dict):
+            reports.append(body)
+    if len(reports) <= 1:
+        return reports[0] if reports else {}
+    merged: dict[str, Any] = {}
+    for key in ("lag_p50_ms", "lag_p95_ms", "lag_max_ms"):
+        values = [r[key] for r in reports if r.get(key) is not None]
+        merged[key] = max(values) if values else None
+    unprepared = [r["tts_unprepared"] for r in reports if r.get("tts_unprepared") is not None]
+    merged["tts_unprepared"] = sum(unprepared) if unprepared else None
+    return merged
 
 
 # -- one N --------------------------------------------------------------------------------
@@ -320,15 +379,15 @@ async def _far_end(
             level.active -= 1
 
 
-async def _sample(level: _Level, server_pid: int | None, stop: asyncio.Event) -> None:
+async def _sample(level: _Level, server_pids: Sequence[int], stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     me = os.getpid()
     while not stop.is_set():
         server_cpu = server_rss = None
-        if server_pid is not None:
+        if server_pids:
             with contextlib.suppress(OSError, ValueError):
-                server_cpu = read_cpu_seconds(server_pid)
-                server_rss = read_rss_bytes(server_pid)
+                server_cpu = total_cpu_seconds(server_pids)
+                server_rss = total_rss_bytes(server_pids)
         level.samples.append(
             Sample(loop.time(), server_cpu, read_cpu_seconds(me), server_rss, level.active)
         )
@@ -341,14 +400,14 @@ async def _play(
     scenarios: Sequence[Scenario],
     rounds: int,
     target: str,
-    pid: int | None,
+    server_pids: Sequence[int],
     options: LoadOptions,
 ) -> tuple[_Level, dict[str, float | None]]:
     level = _Level()
     lag = LagMonitor()
     monitor = asyncio.create_task(lag.run())
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample(level, pid, stop))
+    sampler = asyncio.create_task(_sample(level, server_pids, stop))
     try:
         async with asyncio.TaskGroup() as group:
             for slot, start in enumerate(stagger_schedule(n, options.stagger_s)):
@@ -362,14 +421,14 @@ async def _play(
     return level, lag.report()
 
 
-def _idle(pid: int | None, seconds: float = 1.0) -> tuple[int | None, float | None]:
+def _idle(pids: Sequence[int], seconds: float = 1.0) -> tuple[int | None, float | None]:
     """The server's RSS and CPU rate while no session runs."""
-    if pid is None:
+    if not pids:
         return None, None
-    cpu0, t0 = read_cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = total_cpu_seconds(pids), time.monotonic()
     time.sleep(seconds)
-    cpu1, t1 = read_cpu_seconds(pid), time.monotonic()
-    return read_rss_bytes(pid), (cpu1 - cpu0) / (t1 - t0)
+    cpu1, t1 = total_cpu_seconds(pids), time.monotonic()
+    return total_rss_bytes(pids), (cpu1 - cpu0) / (t1 - t0)
 
 
 def _pct(rate: float | None) -> float | None:
@@ -385,20 +444,30 @@ def run_level(
     scenarios: Sequence[Scenario],
     target: str,
     *,
-    server_pid: int | None,
+    server_pids: Sequence[int] = (),
+    load_urls: Sequence[str] | None = None,
+    warm_up: Sequence[str] | None = None,
     options: LoadOptions,
 ) -> dict[str, Any]:
-    """N sessions against ``target``: one results row (after a warm-up scenario alone)."""
+    """N sessions against ``target``: one results row (after a warm-up scenario alone).
+
+    ``server_pids``: the server's processes, for CPU and memory (none: not measured);
+    ``load_urls``: the ``/load`` of each of its event loops (default: beside ``target``);
+    ``warm_up``: where to play the warm-up scenario (default ``target``; one address per
+    worker process, so that none pays its first session's costs during the run).
+    """
     rounds = options.rounds or max(1, math.ceil(MIN_SCENARIOS / n))
-    loaded_rss = read_rss_bytes(server_pid) if server_pid is not None else None
+    loads = list(load_urls) if load_urls is not None else [_load_url(target)]
+    loaded_rss = total_rss_bytes(server_pids) if server_pids else None
     # Warm-up: the first session pays for lazy imports and allocator arenas, which are
     # not what a session costs.
-    asyncio.run(run_far_end(scenarios[0], target, token=options.token, options=options.far_end))
+    for url in warm_up or [target]:
+        asyncio.run(run_far_end(scenarios[0], url, token=options.token, options=options.far_end))
     time.sleep(0.5)
-    idle_rss, idle_cpu = _idle(server_pid)
-    _load_report(target, reset=True)
-    level, bench_lag = asyncio.run(_play(n, scenarios, rounds, target, server_pid, options))
-    server = _load_report(target)
+    idle_rss, idle_cpu = _idle(server_pids)
+    _load_report(loads, reset=True)
+    level, bench_lag = asyncio.run(_play(n, scenarios, rounds, target, server_pids, options))
+    server = _load_report(loads)
 
     results = [run.measure() | {"react_ms": reaction_ms(run)} for run in level.runs]
     interrupt = [r for r in results if r["expect"] == "interrupt"]
@@ -503,13 +572,22 @@ def _verdict(row: dict[str, Any], limit_ms: float) -> tuple[bool, str]:
 # -- the sweep ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Server:
+    target: str
+    pids: list[int]
+    load_urls: list[str]
+    worker_urls: list[str]
+
+
 @contextlib.contextmanager
-def _server_for(folder: Path, options: LoadOptions) -> Iterator[tuple[str, int | None]]:
+def _server_for(folder: Path, options: LoadOptions) -> Iterator[_Server]:
     if options.target is not None:
-        yield options.target, options.server_pid
+        pids = process_tree(options.server_pid) if options.server_pid is not None else []
+        yield _Server(options.target, pids, [_load_url(options.target)], [options.target])
         return
-    with ServerProcess(folder, recognizer=options.recognizer) as server:
-        yield server.url, server.pid
+    with ServerProcess(folder, recognizer=options.recognizer, workers=options.workers) as server:
+        yield _Server(server.url, server.pids, server.load_urls, server.worker_urls)
 
 
 def run_load(
@@ -526,8 +604,16 @@ def run_load(
     for n in sessions:
         if options.progress:
             print(f"[load] {n} sessions ...", file=sys.stderr, flush=True)
-        with _server_for(folder, options) as (target, pid):
-            row = run_level(n, scenarios, target, server_pid=pid, options=options)
+        with _server_for(folder, options) as server:
+            row = run_level(
+                n,
+                scenarios,
+                server.target,
+                server_pids=server.pids,
+                load_urls=server.load_urls,
+                warm_up=server.worker_urls,
+                options=options,
+            )
         rows.append(row)
         if options.progress:
             print(format_load_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
@@ -538,6 +624,7 @@ def run_load(
         "scenario_kinds": list(options.kinds) if options.kinds is not None else "all",
         "stagger_s": options.stagger_s,
         "recognizer": options.recognizer if options.target is None else "target's own",
+        "workers": options.workers if options.target is None else "target's own",
         "target": options.target or "load server per N",
         "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())},
         "stop_p95_limit_ms": options.stop_p95_limit_ms,

@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from bargein.scenario import Scenario
     from bargein.transports.stack import AgentStack
+    from bargein.workers import WorkerInfo
 
 __all__ = [
     "DelayedTTS",
@@ -66,10 +67,14 @@ __all__ = [
     "KnownSpeechRecognizer",
     "LagMonitor",
     "SpeechIndex",
+    "agent_sentences",
+    "build_app",
     "build_stack",
     "cached_speech",
+    "load_app",
     "prepare_speech",
     "reply_sentences",
+    "serve_workers",
     "spoken_words",
 ]
 
@@ -346,6 +351,21 @@ def _recordings(scenarios: Sequence[Scenario], rate: int) -> SpeechIndex:
     return index
 
 
+def agent_sentences(scenarios: Sequence[Scenario]) -> list[str]:
+    """Every sentence the agent can say while playing the set (what the TTS stand-in holds)."""
+    from bargein.transports.stack import DEFAULT_FALLBACK
+    from bargein.transports.websocket import BENCH_FOLLOW_UP
+
+    texts = {s.agent_text for s in scenarios} | {BENCH_FOLLOW_UP, DEFAULT_FALLBACK}
+    return sorted({s for t in texts for s in reply_sentences(t)})
+
+
+def _piper() -> TextToSpeech:
+    from bargein.providers.piper import PiperTTS
+
+    return PiperTTS.repeatable()
+
+
 def build_stack(
     scenarios: Sequence[Scenario],
     *,
@@ -360,26 +380,17 @@ def build_stack(
     With ``cache_dir``, Piper's audio for the set is kept there between servers.
     """
     from bargein.providers.scripted import ScriptedLLM
-    from bargein.transports.stack import DEFAULT_FALLBACK, AgentStack
+    from bargein.transports.stack import AgentStack
     from bargein.transports.websocket import BENCH_FOLLOW_UP, INPUT_RATE
 
-    texts = {s.agent_text for s in scenarios} | {BENCH_FOLLOW_UP, DEFAULT_FALLBACK}
-    sentences = sorted({s for t in texts for s in reply_sentences(t)})
+    sentences = agent_sentences(scenarios)
     if tts is not None:
         delayed = DelayedTTS(prepare_speech(sentences, tts), tts.sample_rate, tts_delay_s)
+    elif cache_dir is not None:
+        delayed = DelayedTTS(*cached_speech(sentences, cache_dir, _piper), tts_delay_s)
     else:
-
-        def piper() -> TextToSpeech:
-            from bargein.providers.piper import PiperTTS
-
-            return PiperTTS.repeatable()
-
-        if cache_dir is not None:
-            speech, rate = cached_speech(sentences, cache_dir, piper)
-        else:
-            voice = piper()
-            speech, rate = prepare_speech(sentences, voice), voice.sample_rate
-        delayed = DelayedTTS(speech, rate, tts_delay_s)
+        voice = _piper()
+        delayed = DelayedTTS(prepare_speech(sentences, voice), voice.sample_rate, tts_delay_s)
     recognizer_factory: Callable[[], StreamingRecognizer]
     if recognizer == "known":
         index = _recordings(scenarios, INPUT_RATE)
@@ -398,7 +409,11 @@ def build_stack(
 
 
 def build_app(stack: AgentStack, lag: LagMonitor) -> Starlette:
-    """The ordinary server application with the benchmark hook, plus ``/load``."""
+    """The ordinary server application with the benchmark hook, plus ``/load``.
+
+    While the app runs, ``lag`` watches its event loop, and the loop's default executor
+    has :data:`WORKER_THREADS` threads.
+    """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -411,30 +426,46 @@ def build_app(stack: AgentStack, lag: LagMonitor) -> Starlette:
     async def load(request: Request) -> JSONResponse:
         body: dict[str, object] = dict(lag.report(reset="reset" in request.query_params))
         body["tts_unprepared"] = tts.unprepared if isinstance(tts, DelayedTTS) else None
+        body["pid"] = os.getpid()
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     app.router.routes.insert(0, Route("/load", load))
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="load"))
+        monitor = asyncio.create_task(lag.run())
+        try:
+            async with inner(app):
+                yield
+        finally:
+            monitor.cancel()
+
+    app.router.lifespan_context = lifespan
     return app
 
 
-async def serve(app: Starlette, host: str, port: int, lag: LagMonitor) -> None:
+def load_app(set_dir: Path, recognizer: str, cache_dir: Path | None) -> Starlette:
+    """The load server's app for a scenario set (what each worker process builds)."""
+    from bargein.scenario import load_set
+
+    scenarios, errors = load_set(set_dir)
+    for error in errors:
+        print(f"warning: {error}", file=sys.stderr)
+    return build_app(
+        build_stack(scenarios, recognizer=recognizer, cache_dir=cache_dir), LagMonitor()
+    )
+
+
+async def serve(app: Starlette, host: str, port: int) -> None:
     """Serve until stopped; print ``{"listening": URL, "pid": PID}`` once the port is open."""
     import uvicorn
 
-    from bargein.server import MAX_MESSAGE_BYTES
+    from bargein.server import uvicorn_config
 
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="load"))
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        ws_max_size=MAX_MESSAGE_BYTES,
-        ws_per_message_deflate=False,
-    )
-    server = uvicorn.Server(config)
-    monitor = asyncio.create_task(lag.run())
+    server = uvicorn.Server(uvicorn_config(app, host, port))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
@@ -442,10 +473,54 @@ async def serve(app: Starlette, host: str, port: int, lag: LagMonitor) -> None:
         bound_host, bound_port = server.servers[0].sockets[0].getsockname()[:2]
         url = f"ws://{bound_host}:{bound_port}/ws"
         print(json.dumps({"listening": url, "pid": os.getpid()}), flush=True)
+    await task
+
+
+def serve_workers(
+    set_dir: Path, recognizer: str, cache_dir: Path | None, host: str, port: int, workers: int
+) -> int:
+    """Serve from ``workers`` processes (:mod:`bargein.workers`); print one JSON line.
+
+    The line also lists each worker's process and its own ``/load``, so that a benchmark
+    reads every worker's event loop. The parent voices the set first, so that the
+    workers find Piper's audio in the cache instead of all voicing it at once.
+    """
+    import functools
+
+    from bargein.workers import listening_socket, run_workers
+
+    if cache_dir is not None:
+        from bargein.scenario import load_set
+
+        cached_speech(agent_sentences(load_set(set_dir)[0]), cache_dir, _piper)
+    sock = listening_socket(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+
+    def started(infos: list[WorkerInfo]) -> None:
+        said = {
+            "listening": f"ws://{bound_host}:{bound_port}/ws",
+            "pid": os.getpid(),
+            "workers": [
+                {
+                    "pid": i.pid,
+                    "ws": f"{i.own_address}/ws".replace("http://", "ws://", 1),
+                    "load": f"{i.own_address}/load",
+                }
+                for i in infos
+            ],
+        }
+        print(json.dumps(said), flush=True)
+
     try:
-        await task
+        return run_workers(
+            functools.partial(load_app, set_dir, recognizer, cache_dir),
+            sock,
+            workers,
+            own_addresses=True,
+            on_started=started,
+        )
     finally:
-        monitor.cancel()
+        sock.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--recognizer", choices=["known", "pocketsphinx"], default="known")
     parser.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "load",
@@ -464,15 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
-
-    from bargein.scenario import load_set
-
-    scenarios, errors = load_set(Path(args.set_dir))
-    for error in errors:
-        print(f"warning: {error}", file=sys.stderr)
-    stack = build_stack(scenarios, recognizer=args.recognizer, cache_dir=args.cache)
-    lag = LagMonitor()
-    asyncio.run(serve(build_app(stack, lag), args.host, args.port, lag))
+    if args.workers > 1:
+        return serve_workers(
+            Path(args.set_dir), args.recognizer, args.cache, args.host, args.port, args.workers
+        )
+    app = load_app(Path(args.set_dir), args.recognizer, args.cache)
+    asyncio.run(serve(app, args.host, args.port))
     return 0
 
 
