@@ -283,3 +283,35 @@ def test_the_gate_never_makes_sound_out_of_silence_after_a_stretch_unwatched() -
     quiet = np.full(len(new_reply), 1e-3, dtype=np.float32)
     _, out = run_gate(quiet, new_reply, gate)
     assert float(np.sqrt(np.mean(out**2))) <= 1e-3 * 1.01
+
+
+def test_a_silent_microphone_costs_no_reference_rendering_and_echo_is_still_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    control = EchoControl("gate", RATE)  # the agent's audio at 16 kHz too
+    control.write(1, AGENT)
+    rendered: list[int] = []
+    render = control.reference.render
+    monkeypatch.setattr(
+        control.reference, "render", lambda n, at: rendered.append(n) or render(n, at)
+    )
+    echo = delayed(AGENT, 120, -12)
+    quiet = np.random.default_rng(5).standard_normal(len(AGENT)).astype(np.float32) * 1e-4
+    frame = 320
+    outputs = []
+    for i in range(0, len(AGENT) - frame + 1, frame):
+        at = (i + frame) / RATE
+        control.played(1, i + frame, at)  # the sink plays as the microphone records
+        mic = quiet[i : i + frame] if at < 2.0 else echo[i : i + frame]
+        outputs.append((at, control.process(mic, at)))
+        if at < 2.0:
+            assert rendered == [], "the reference was rendered for a silent microphone"
+    # While the user is silent (-80 dBFS) the audio passes as it is, and the reference
+    # is not rendered at all.
+    silent = [(at, out) for at, out in outputs if at < 2.0]
+    assert all(np.array_equal(out, quiet[round(at * RATE) - frame : round(at * RATE)])
+               for at, out in silent)  # fmt: skip
+    assert control.echo_blocks > 0 and rendered  # the echo that followed was caught
+    assert rendered[0] == len(control.gate._ref)  # ... by a gate primed with the past
+    loud = np.concatenate([out for at, out in outputs if at >= 2.1])
+    assert level_db(loud) < level_db(echo[round(2.1 * RATE) :]) - 20

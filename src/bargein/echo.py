@@ -441,6 +441,13 @@ class EchoControl:
         if not len(self._pending) and self._idle(at):
             self._watching = False
             return samples  # no agent voice within reach: nothing to do, no buffering
+        if self._below_gate_floor(samples):
+            # The gate would pass every block as it is: skip rendering the reference while
+            # the user is silent (most of a call). A louder block primes the gate again.
+            self._watching = False
+            active = self.reference.active(at)
+            self._quiet_for = 0.0 if active else self._quiet_for + len(samples) / self.rate
+            return samples
         if not self._watching and self.gate is not None:
             # The reference may have started before this call: give the gate all of it.
             start = at - len(samples) / self.rate
@@ -464,6 +471,16 @@ class EchoControl:
             block_at = end_at - (blocks - 1 - i) * self.block / self.rate
             out[lo:hi] = self._block(pending[lo:hi], ref[lo:hi], float(peaks[i]), block_at)
         return out
+
+    def _below_gate_floor(self, samples: FloatAudio) -> bool:
+        """Whole blocks, none above the gate's floor, and no canceller that must adapt."""
+        if self.gate is None or self.canceller is not None or len(self._pending):
+            return False
+        if not len(samples) or len(samples) % self.block:
+            return False
+        blocks = samples.reshape(-1, self.block)
+        levels = np.einsum("ij,ij->i", blocks, blocks) / self.block
+        return bool(levels.max() < self.gate.floor)
 
     def _idle(self, at: float) -> bool:
         return not self.reference.active(at) and self._quiet_for > self._reach_s

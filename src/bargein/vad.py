@@ -44,11 +44,13 @@ class LoudnessGate:
 
     def push(self, audio: FloatAudio) -> bool:
         """Feed audio; True if any complete block in it was loud."""
-        self._pending = np.concatenate([self._pending, audio])
+        pending = np.concatenate([self._pending, audio]) if len(self._pending) else audio
+        whole = len(pending) - len(pending) % self.block
+        self._pending = pending[whole:].copy()  # not a view of the caller's array
+        blocks = pending[:whole].reshape(-1, self.block).astype(np.float64)
+        levels = 10 * np.log10(np.einsum("ij,ij->i", blocks, blocks) / self.block + 1e-12)
         loud = False
-        while len(self._pending) >= self.block:
-            block, self._pending = self._pending[: self.block], self._pending[self.block :]
-            level = 10 * np.log10(float(np.mean(block.astype(np.float64) ** 2)) + 1e-12)
+        for level in levels.tolist():
             if level >= max(self.min_dbfs, self.floor_dbfs + self.margin_db):
                 loud = True
             # The floor follows quiet blocks down at once and creeps up slowly, so a
