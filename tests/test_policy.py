@@ -20,6 +20,7 @@ from bargein.policy import (
     PolicyConfig,
     PolicyError,
     Reading,
+    ReadingStarted,
     ReleaseOutput,
     ReplyFailed,
     ReplyFinished,
@@ -416,13 +417,62 @@ def test_the_ablation_baselines_decide_on_voice_alone() -> None:
     assert decision is not None and (decision.kind, decision.reason) == ("resume", "short")
 
 
-def test_an_early_reading_of_a_command_commits_while_the_user_still_talks() -> None:
+def test_two_early_readings_of_a_command_commit_while_the_user_still_talks() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.4)
+    # One reading of the first syllables is not enough: "exactly" begins like "no".
+    assert policy.handle(Reading(1.45, policy.utterance, ("no",))) == []
+    assert policy.handle(Reading(1.5, policy.utterance, ("okay",))) == []
+    assert policy.handle(Reading(1.55, policy.utterance, ("hold", "on"))) == []
+    actions = policy.handle(Reading(1.6, policy.utterance, ("hold", "on")))
+    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
+    assert policy.interruptions[0].reason == "spotted:hold on"
+
+
+def test_the_duration_rule_waits_for_a_reading_under_way() -> None:
+    """On the real clock a reading takes 0.1-0.2 s: the duration commit waits for it (up
+    to 0.4 s after it began) rather than stop the agent for a long "uh-huh, yeah"."""
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.6)
+    assert policy.handle(ReadingStarted(1.6, policy.utterance)) == []
+    assert voice(policy, 1.6, 1.9) == []  # past 0.8 s, but the reading is under way
+    assert policy.state is Floor.TENTATIVE
+    assert policy.handle(Reading(1.9, policy.utterance, ("uh", "huh"))) == []
+    assert policy.next_deadline() == pytest.approx(2.6)
+    # A reading that never comes back holds nothing up for long.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.6)
+    policy.handle(ReadingStarted(1.6, policy.utterance))
+    assert voice(policy, 1.6, 1.99) == []
+    assert policy.next_deadline() == pytest.approx(2.0)
+    assert FlushOutput(1) in policy.handle(Tick(2.0))
+    assert policy.interruptions[0].reason == "duration"
+
+
+def test_the_end_of_the_sound_waits_for_its_final_reading() -> None:
     policy = speaking_policy()
     policy.handle(SpeechStarted(1.0))
     voice(policy, 1.0, 1.5)
-    actions = policy.handle(Reading(1.55, policy.utterance, ("hold", "on")))
-    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
-    assert policy.interruptions[0].reason == "spotted:hold on"
+    policy.handle(SpeechEnded(1.5))
+    policy.handle(ReadingStarted(1.5, policy.utterance))
+    # Past the 0.3 s wait for final words, the rule waits for the reading instead of
+    # deciding on the partial words alone, up to 0.4 s after it began.
+    assert policy.handle(Words(1.6, ("no",))) == []
+    assert policy.handle(Tick(1.8)) == [] and policy.next_deadline() == pytest.approx(1.9)
+    actions = policy.handle(Words(1.85, ("okay",), final=True, second_opinion=("mm", "hmm")))
+    assert actions == [ResumeOutput(1)] and policy.interruptions[0].decided_at == 1.85
+    # Without a reading under way, the partial words decide 0.3 s after the end.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.5)
+    policy.handle(SpeechEnded(1.5))
+    policy.handle(Words(1.6, ("no",)))
+    assert policy.next_deadline() == pytest.approx(1.8)
+    assert FlushOutput(1) in policy.handle(Tick(1.8))
+    assert policy.interruptions[0].reason == "words:no"
 
 
 def test_an_early_backchannel_reading_holds_off_the_duration_commit() -> None:

@@ -62,6 +62,10 @@ class Overlap:
     backchannels or commands, or nothing."""
     early_reading: tuple[str, ...] | None = None
     """The same recogniser's latest reading of the sound so far, while it goes on."""
+    early_readings: list[tuple[str, ...]] = field(default_factory=list)
+    """Every such reading, oldest first (``early_reading`` is the last)."""
+    reading_since: float | None = None
+    """When the reading under way began (early or final); None: none is under way."""
 
     @property
     def latest_words(self) -> tuple[str, ...]:
@@ -195,10 +199,16 @@ class RuleDecider:
     - a second reading from a closed-set phrase spotter (:attr:`Overlap.second_opinion`),
       when the session has one, overrides the open recogniser in both directions: a
       spotted command commits, a spotted backchannel resumes over "other" words;
-    - a reading of the sound so far (:attr:`Overlap.early_reading`, from a second
-      opinion that reads while the user talks) commits at once if it is a command, and
-      if it is a backchannel it moves the duration commit out to ``backchannel_after_s``:
-      "okay, okay" or a drawn-out "mm-hmm" can outlast ``commit_after_s``.
+    - readings of the sound so far (:attr:`Overlap.early_readings`, from a second
+      opinion that reads while the user talks) commit once two in a row are commands
+      (one reading of the first syllables of "exactly" can be "no"), and a backchannel
+      reading moves the duration commit out to ``backchannel_after_s``: "okay, okay" or
+      a drawn-out "mm-hmm" can outlast ``commit_after_s``;
+    - when a decision falls due while a reading is under way
+      (:attr:`Overlap.reading_since`), the rule waits for it, up to ``reading_wait_s``
+      after the reading began: the agent is paused meanwhile, so waiting costs silence
+      only if the sound was a backchannel, and deciding without the reading would stop
+      the agent for it.
     """
 
     uses_frames: ClassVar[bool] = False
@@ -206,6 +216,7 @@ class RuleDecider:
     backchannel_after_s: float = 1.6
     voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
+    reading_wait_s: float = 0.4
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
 
@@ -216,17 +227,20 @@ class RuleDecider:
         if word is not None:
             return Decision("commit", f"word:{word}")
         if overlap.speech_active:
-            early = normalize_words(overlap.early_reading or ())
-            if early and not only_backchannel(early, self.backchannel_phrases):
-                return Decision("commit", "spotted:" + " ".join(early))
+            commands = [c for r in overlap.early_readings[-2:] if (c := self._command(r))]
+            if len(commands) == 2:
+                return Decision("commit", "spotted:" + commands[-1])
             if (
                 now >= self._duration_due(overlap)
                 and now - overlap.last_voiced_at <= self.voiced_gap_s
+                and not self._reading_awaited(overlap, now)
             ):
                 return Decision("commit", "duration")
             return None
         ended = overlap.speech_ended_at if overlap.speech_ended_at is not None else now
-        if overlap.final_words is None and now < ended + self.final_wait_s:
+        if overlap.final_words is None and (
+            now < ended + self.final_wait_s or self._reading_awaited(overlap, now)
+        ):
             return None
         words = normalize_words(overlap.latest_words)
         spotted = normalize_words(overlap.second_opinion or ())
@@ -246,13 +260,26 @@ class RuleDecider:
         return Decision("commit", "words:" + " ".join(words))
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:
+        due: float | None = None
         if overlap.speech_active:
             # Past the commit time, every new VAD frame brings the next decision.
             due = self._duration_due(overlap)
-            return due if now < due else None
-        if overlap.final_words is None and overlap.speech_ended_at is not None:
-            return overlap.speech_ended_at + self.final_wait_s
-        return None
+        elif overlap.final_words is None and overlap.speech_ended_at is not None:
+            due = overlap.speech_ended_at + self.final_wait_s
+        if due is not None and now >= due and overlap.reading_since is not None:
+            due = overlap.reading_since + self.reading_wait_s  # the reading's time is up
+        return due if due is not None and now < due else None
+
+    def _reading_awaited(self, overlap: Overlap, now: float) -> bool:
+        since = overlap.reading_since
+        return since is not None and now < since + self.reading_wait_s
+
+    def _command(self, reading: tuple[str, ...]) -> str | None:
+        """The reading as a command ("" words or backchannels only: None)."""
+        words = normalize_words(reading)
+        if not words or only_backchannel(words, self.backchannel_phrases):
+            return None
+        return " ".join(words)
 
     def _duration_due(self, overlap: Overlap) -> float:
         early = normalize_words(overlap.early_reading or ())

@@ -136,6 +136,18 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class ReadingStarted:
+    """A second recogniser began reading the overlap (the sound so far, or all of it at
+    its end); its answer comes later as :class:`Reading` or with the final :class:`Words`.
+
+    Tier 2 may wait a little for a reading under way rather than decide without it.
+    """
+
+    at: float
+    utterance: int
+
+
+@dataclass(frozen=True)
 class Reading:
     """A second recogniser's reading of an overlap so far, while the user still talks.
 
@@ -166,6 +178,7 @@ Event = (
     | SpeechEnded
     | VoiceActivity
     | Words
+    | ReadingStarted
     | Reading
     | RequestReply
     | FirstToken
@@ -400,6 +413,8 @@ class FloorPolicy:
                 return self._on_voice(event)
             case Words():
                 return self._on_words(event)
+            case ReadingStarted():
+                return self._on_reading_started(event)
             case Reading():
                 return self._on_reading(event)
             case RequestReply():
@@ -552,6 +567,7 @@ class FloorPolicy:
             if event.final:
                 self._overlap.final_words = event.words
                 self._overlap.second_opinion = event.second_opinion
+                self._overlap.reading_since = None
             else:
                 self._overlap.partials.append((event.at, event.words))
             return self._decide(event.at)
@@ -566,13 +582,26 @@ class FloorPolicy:
         self._turn.utterances.clear()
         return []
 
+    def _on_reading_started(self, event: ReadingStarted) -> list[Action]:
+        overlap = self._overlap
+        if self.state is not Floor.TENTATIVE or overlap is None:
+            return []
+        if event.utterance != self._utterance:
+            return []
+        overlap.reading_since = event.at
+        return []
+
     def _on_reading(self, event: Reading) -> list[Action]:
         overlap = self._overlap
         if self.state is not Floor.TENTATIVE or overlap is None:
             return []
-        if event.utterance != self._utterance or not overlap.speech_active:
+        if event.utterance != self._utterance:
             return []
+        if not overlap.speech_active:
+            return []  # the sound ended meanwhile: its final reading is what counts
+        overlap.reading_since = None
         overlap.early_reading = event.words
+        overlap.early_readings.append(event.words)
         return self._decide(event.at)
 
     def _on_tick(self, now: float) -> list[Action]:

@@ -47,6 +47,7 @@ from bargein.policy import (
     Playout,
     PolicyConfig,
     Reading,
+    ReadingStarted,
     ReleaseOutput,
     ReplyFailed,
     ReplyFinished,
@@ -374,9 +375,9 @@ class Session:
             if self._backlog is not None and not isinstance(change, SpeechEnded):
                 self._backlog.append(frame)  # heard in order, by the catch-up
             else:
-                self._catch_up()
+                self._catch_up(at)
                 words = self._recognize(self.recognizer.feed, frame)
-                self._spot(frame)
+                self._spot(frame, at)
                 self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
             final = tuple(self._recognize(self.recognizer.finish))
@@ -397,6 +398,7 @@ class Session:
                 work = self._recognize(later)
                 if callable(work):
                     pending = self._pending_final = Words(at, final, final=True)
+                    self._handle(ReadingStarted(at, self.policy.utterance))
                     self._group.create_task(self._second_reading(pending, work))
                     return
             elif reading:
@@ -413,12 +415,13 @@ class Session:
             self._pending_final = None
             self._final_words(replace(pending, at=self.now(), second_opinion=words))
 
-    def _flush_final(self) -> None:
+    def _flush_final(self, at: float) -> None:
         """Deliver final words still waiting for a second reading, without it: the user
-        spoke again, and the policy must hear one utterance's end before the next start."""
+        spoke again (at ``at``), and the policy must hear one utterance's end before the
+        next start."""
         pending, self._pending_final = self._pending_final, None
         if pending is not None:
-            self._final_words(replace(pending, at=self.now()))
+            self._final_words(replace(pending, at=at))
 
     def _final_words(self, words: Words) -> None:
         self._handle(words)
@@ -463,7 +466,7 @@ class Session:
         self._handle(TurnEndProbability(self.now(), utterance, float(probability)))
 
     def _speech_started(self, start: SpeechStarted) -> None:
-        self._flush_final()
+        self._flush_final(start.at)
         self._utterance += 1
         if self.transcriber is not None:
             self._utterance_audio[self._utterance] = list(self._preroll)
@@ -477,7 +480,7 @@ class Session:
         assert self._loop is not None
         self._loop.call_soon(self._catch_up)
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, at: float | None = None) -> None:
         """Start the recogniser on the utterance's pre-roll, if that is still to do.
 
         Runs one loop turn after a speech start, with any frames that came meanwhile, or
@@ -490,16 +493,18 @@ class Session:
         words: Sequence[str] = ()
         for past in backlog:
             words = self._recognize(self.recognizer.feed, past)
+        # Inside a frame's processing, its timestamp: the policy's clock never runs back.
+        now = self.now() if at is None else at
         if self.second_opinion is not None and self.policy.state is Floor.TENTATIVE:
             # Only sound over the agent's voice needs the second reading: tier 2 is
             # deciding about it.
             self._spotting = self._recognize(self.second_opinion.start) is None
-            self._spot_started_at, self._last_peek = self.now(), float("-inf")
+            self._spot_started_at, self._last_peek = now, float("-inf")
             for past in backlog:
-                self._spot(past)
-        self._handle(Words(self.now(), tuple(words)))
+                self._spot(past, now)
+        self._handle(Words(now, tuple(words)))
 
-    def _spot(self, frame: FloatAudio) -> None:
+    def _spot(self, frame: FloatAudio, at: float) -> None:
         if not self._spotting or self.second_opinion is None:
             return
         if self.policy.state is not Floor.TENTATIVE:
@@ -510,9 +515,9 @@ class Session:
             self._recognize(later if later is not None else self.second_opinion.finish)
             return
         self._recognize(self.second_opinion.feed, frame)
-        self._peek()
+        self._peek(at)
 
-    def _peek(self) -> None:
+    def _peek(self, now: float) -> None:
         """Start a reading of the overlap so far, if the second opinion offers one and it
         is time: a command can then commit before the user has finished saying it, and a
         long backchannel is known as one before the duration rule would take it for a bid.
@@ -521,12 +526,12 @@ class Session:
         peek = getattr(self.second_opinion, "peek_later", None)
         if peek is None or self._group is None or self._peeked_at is not None:
             return
-        now = self.now()
         if now < self._spot_started_at + _PEEK_FIRST_S or now < self._last_peek + _PEEK_EVERY_S:
             return
         work = self._recognize(peek)
         if callable(work):
             self._peeked_at = self._last_peek = now
+            self._handle(ReadingStarted(now, self.policy.utterance))
             self._group.create_task(self._early_reading(self.policy.utterance, work))
 
     async def _early_reading(self, utterance: int, work: Callable[[], Sequence[str]]) -> None:
