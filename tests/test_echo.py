@@ -292,9 +292,12 @@ def test_a_silent_microphone_costs_no_reference_rendering_and_echo_is_still_caug
     control.write(1, AGENT)
     rendered: list[int] = []
     render = control.reference.render
-    monkeypatch.setattr(
-        control.reference, "render", lambda n, at: rendered.append(n) or render(n, at)
-    )
+
+    def counting_render(n: int, at: float) -> FloatAudio:
+        rendered.append(n)
+        return render(n, at)
+
+    monkeypatch.setattr(control.reference, "render", counting_render)
     echo = delayed(AGENT, 120, -12)
     quiet = np.random.default_rng(5).standard_normal(len(AGENT)).astype(np.float32) * 1e-4
     frame = 320
@@ -312,6 +315,7 @@ def test_a_silent_microphone_costs_no_reference_rendering_and_echo_is_still_caug
     assert all(np.array_equal(out, quiet[round(at * RATE) - frame : round(at * RATE)])
                for at, out in silent)  # fmt: skip
     assert control.echo_blocks > 0 and rendered  # the echo that followed was caught
+    assert control.gate is not None
     assert rendered[0] == len(control.gate._ref)  # ... by a gate primed with the past
     loud = np.concatenate([out for at, out in outputs if at >= 2.1])
     assert level_db(loud) < level_db(echo[round(2.1 * RATE) :]) - 20
