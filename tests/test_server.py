@@ -203,7 +203,7 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
 
     monkeypatch.setattr(bargein.server, "default_stack", default_stack)
     argv = ["serve", "--port", "9000", "--bench", "--llm", "http://x/v1", "--model", "m"]
-    argv += ["--no-transcripts", "--spotter"]
+    argv += ["--no-transcripts", "--spotter", "phrases"]
     assert cli_main(argv) == 0
     assert built == []  # nothing loads before the server runs
     (run,) = served
@@ -258,8 +258,8 @@ def test_the_default_agent_is_asked_for_long_replies(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(
         AgentStack, "default", classmethod(lambda cls, llm, transcripts: cls(llm, WordTTS()))
     )
-    stack = bargein.server.default_stack()
-    assert stack.llm is llm
+    stack = bargein.server.default_stack(spotter="off")
+    assert stack.llm is llm and stack.spotter_factory is None
     assert stack.config.system_prompt == LONG_REPLIES_PROMPT
     # The embedded base model reads it as the note on the call it continues.
     conversation = Conversation(system_prompt=LONG_REPLIES_PROMPT)
@@ -297,3 +297,14 @@ def test_serve_with_workers_hands_each_a_picklable_app_factory(
 
     assert cli_main(["serve", "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_whisper_is_tier_2s_second_opinion_unless_told_otherwise() -> None:
+    from bargein.cli import build_parser
+
+    parser = build_parser()
+    for command in (["serve"], ["demo"], ["bench", "somewhere"]):
+        assert parser.parse_args(command).spotter == "whisper"
+        assert parser.parse_args([*command, "--spotter", "off"]).spotter == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--spotter", "loud"])

@@ -647,15 +647,16 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_spotter_option(parser: argparse.ArgumentParser) -> None:
+    from bargein.transports.stack import DEFAULT_SPOTTER, SpotterName
+
     parser.add_argument(
         "--spotter",
-        nargs="?",
-        const="phrases",
-        choices=("phrases", "whisper"),
-        help="tier 2 also hears a second reading of each overlap (fewer stops for "
-        "'uh-huh'): PocketSphinx's closed-set phrase spotter (the default when given "
-        "alone) or Whisper on a short window, sharing the transcriber's model "
-        "(docs/tier2.md)",
+        choices=get_args(SpotterName),
+        default=DEFAULT_SPOTTER,
+        help="tier 2's second reading of each overlap (fewer stops for 'uh-huh'): Whisper "
+        "on a short window, sharing the transcriber's model (the default); PocketSphinx's "
+        "closed-set phrase spotter; or off, the rule on the streaming recogniser's words "
+        "alone (docs/tier2.md)",
     )
 
 

@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 from starlette.websockets import WebSocket
 
-from bargein.transports.stack import AgentStack, SpotterName
+from bargein.transports.stack import DEFAULT_SPOTTER, AgentStack, SpotterName
 from bargein.transports.websocket import CLOSE_SERVER_ERROR, serve_websocket
 
 __all__ = [
@@ -78,7 +78,7 @@ def default_stack(
     api_key: str | None = None,
     *,
     transcripts: bool = True,
-    spotter: SpotterName | None = None,
+    spotter: SpotterName = DEFAULT_SPOTTER,
 ) -> AgentStack:
     """The embedded stack (or another LLM), told to answer at length.
 
@@ -110,7 +110,7 @@ def default_app(
     api_key: str | None = None,
     *,
     transcripts: bool = True,
-    spotter: SpotterName | None = None,
+    spotter: SpotterName = DEFAULT_SPOTTER,
     token: str | None = None,
     bench: bool = False,
 ) -> Starlette:

@@ -47,7 +47,7 @@ from bargein.providers.base import (
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, ScenarioError, load_set
 from bargein.session import Session, SessionConfig, describe_error
-from bargein.transports.stack import SpotterName
+from bargein.transports.stack import DEFAULT_SPOTTER, SpotterName
 
 MIC_RATE = 16000
 MIC_CHUNK = 160
@@ -68,9 +68,10 @@ class Stack:
     second_opinion: StreamingRecognizer | None = None
 
 
-def default_stack(transcripts: bool = False, spotter: SpotterName | None = None) -> Stack:
-    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, and with
-    ``transcripts`` Whisper for the user's turns.
+def default_stack(transcripts: bool = False, spotter: SpotterName = DEFAULT_SPOTTER) -> Stack:
+    """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, Whisper as
+    tier 2's second opinion, and with ``transcripts`` Whisper for the user's turns too
+    (one model for both).
 
     The agent's voice is Piper without sampling noise, so a run repeats exactly.
     """
