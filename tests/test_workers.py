@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,19 +111,20 @@ def test_two_workers_share_one_port_and_replace_a_dead_one(
         assert not _alive(pid), f"worker {pid} outlived the server"
 
 
-def test_a_worker_that_cannot_start_stops_the_server_with_a_clear_error() -> None:
-    sock = listening_socket("127.0.0.1", 0)
-    try:
-        with pytest.raises(WorkerFailed, match="ended before serving"):
-            run_workers(broken_app, sock, 2)
-    finally:
-        sock.close()
+@pytest.fixture
+def sock() -> Iterator[socket.socket]:
+    listening = listening_socket("127.0.0.1", 0)
+    yield listening
+    listening.close()
 
 
-def test_at_least_one_worker() -> None:
-    sock = listening_socket("127.0.0.1", 0)
-    try:
-        with pytest.raises(ValueError, match="at least one worker"):
-            run_workers(pid_app, sock, 0)
-    finally:
-        sock.close()
+def test_a_worker_that_cannot_start_stops_the_server_with_a_clear_error(
+    sock: socket.socket,
+) -> None:
+    with pytest.raises(WorkerFailed, match="ended before serving"):
+        run_workers(broken_app, sock, 2)
+
+
+def test_at_least_one_worker(sock: socket.socket) -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        run_workers(pid_app, sock, 0)
