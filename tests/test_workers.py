@@ -91,6 +91,11 @@ def test_two_workers_share_one_port_and_replace_a_dead_one(
     # The shared port is served by the workers, not by the parent.
     assert {_get_pid(said["url"]) for _ in range(10)} <= set(first)
 
+    # Ctrl-C reaches every process of a terminal's group: a worker leaves it to the parent.
+    os.kill(first[0], signal.SIGINT)
+    time.sleep(0.5)
+    assert _get_pid(said["workers"][0]["own"] + "/") == first[0]
+
     os.kill(first[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     seen: set[int] = set()

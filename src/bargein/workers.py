@@ -213,10 +213,10 @@ def _worker_main(
     own_address: bool,
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
-    # Ctrl-C in a terminal reaches every process of the group; the parent decides.
+    # Ctrl-C in a terminal reaches every process of the group; the parent decides, and
+    # stops the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(app_factory(), sock, log_level, parent_pid, ready, own_address))
+    asyncio.run(_serve(app_factory(), sock, log_level, parent_pid, ready, own_address))
 
 
 async def _serve(
@@ -234,7 +234,18 @@ async def _serve(
     sockets = [sock]
     if own_address:
         sockets.append(listening_socket(sock.getsockname()[0], 0, backlog=64))
-    server = uvicorn.Server(uvicorn_config(app, log_level=log_level))
+
+    class WorkerServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn would also stop on SIGINT; a worker leaves that to its parent.
+            previous = signal.signal(signal.SIGTERM, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+    server = WorkerServer(uvicorn_config(app, log_level=log_level))
     serving = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
