@@ -606,24 +606,32 @@ class DeferredSpotter(ScriptedRecognizer):
         return work
 
 
-def deferred_session(spotter: DeferredSpotter) -> Session:
-    mishearing: Utterance = ([(1.2, ("look",))], ("look", "i"))
+def deferred_session(
+    spotter: DeferredSpotter,
+    heard: Utterance = ([(1.2, ("look",))], ("look", "i")),
+    spans: Sequence[tuple[float, float]] = ((1.0, 1.4), (9.0, 10.0)),
+    until: float = 11.0,
+    loop: type[VirtualEventLoop] = VirtualEventLoop,
+) -> Session:
+    """A session whose open recogniser hears ``heard`` (a mishearing, by default) over
+    the agent, then the user's own turn, with ``spotter`` as its second opinion."""
 
     async def main() -> Session:
         speaker = LoggingSpeaker([])
         session = Session(
             vad=LevelVAD(),
-            recognizer=ScriptedRecognizer([mishearing, WHAT_ABOUT_TUESDAY]),
+            recognizer=ScriptedRecognizer([heard, WHAT_ABOUT_TUESDAY]),
             second_opinion=spotter,
             llm=ScriptedLLM([AGENT, ANSWER]),
             tts=WordTTS(),
             sink=speaker,
         )
         async with session:
-            await drive(session, speaker, [(1.0, 1.4), (9.0, 10.0)], until=11.0)
+            await drive(session, speaker, spans, until=until)
         return session
 
-    return run(main(), "virtual")
+    with asyncio.Runner(loop_factory=loop) as runner:
+        return runner.run(main())
 
 
 def test_a_slow_second_reading_runs_as_deferred_work_and_still_decides() -> None:
@@ -671,23 +679,7 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
 
     spotter = Peeking()
     mumble: Utterance = ([(1.2, ("the",))], ("the", "top"))
-
-    async def main() -> Session:
-        speaker = LoggingSpeaker([])
-        session = Session(
-            vad=LevelVAD(),
-            recognizer=ScriptedRecognizer([mumble, WHAT_ABOUT_TUESDAY]),
-            second_opinion=spotter,
-            llm=ScriptedLLM([AGENT, ANSWER]),
-            tts=WordTTS(),
-            sink=speaker,
-        )
-        async with session:
-            await drive(session, speaker, [(1.0, 2.0)], until=4.0)
-        return session
-
-    with asyncio.Runner(loop_factory=loop) as runner:
-        session = runner.run(main())
+    session = deferred_session(spotter, mumble, [(1.0, 2.0)], until=4.0, loop=loop)
     assert not session.errors
     record = session.timeline[0]
     assert (record.decision, record.reason) == ("commit", "spotted:stop")

@@ -60,12 +60,15 @@ class Overlap:
     second_opinion: tuple[str, ...] | None = None
     """A second recogniser's final reading of the sound, when one ran: one of the
     backchannels or commands, or nothing."""
-    early_reading: tuple[str, ...] | None = None
-    """The same recogniser's latest reading of the sound so far, while it goes on."""
     early_readings: list[tuple[str, ...]] = field(default_factory=list)
-    """Every such reading, oldest first (``early_reading`` is the last)."""
+    """The same recogniser's readings of the sound so far while it goes on, oldest first."""
     reading_since: float | None = None
     """When the reading under way began (early or final); None: none is under way."""
+
+    @property
+    def early_reading(self) -> tuple[str, ...] | None:
+        """The latest of :attr:`early_readings` (None: none yet)."""
+        return self.early_readings[-1] if self.early_readings else None
 
     @property
     def latest_words(self) -> tuple[str, ...]:

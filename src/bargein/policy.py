@@ -583,26 +583,24 @@ class FloorPolicy:
         return []
 
     def _on_reading_started(self, event: ReadingStarted) -> list[Action]:
-        overlap = self._overlap
-        if self.state is not Floor.TENTATIVE or overlap is None:
-            return []
-        if event.utterance != self._utterance:
-            return []
-        overlap.reading_since = event.at
+        overlap = self._reading_overlap(event.utterance)
+        if overlap is not None:
+            overlap.reading_since = event.at
         return []
 
     def _on_reading(self, event: Reading) -> list[Action]:
-        overlap = self._overlap
-        if self.state is not Floor.TENTATIVE or overlap is None:
-            return []
-        if event.utterance != self._utterance:
-            return []
-        if not overlap.speech_active:
-            return []  # the sound ended meanwhile: its final reading is what counts
+        overlap = self._reading_overlap(event.utterance)
+        if overlap is None or not overlap.speech_active:
+            return []  # decided, another utterance, or the sound ended: its final reading counts
         overlap.reading_since = None
-        overlap.early_reading = event.words
         overlap.early_readings.append(event.words)
         return self._decide(event.at)
+
+    def _reading_overlap(self, utterance: int) -> Overlap | None:
+        """The overlap tier 2 is deciding about, if a reading of ``utterance`` concerns it."""
+        if self.state is not Floor.TENTATIVE or utterance != self._utterance:
+            return None
+        return self._overlap
 
     def _on_tick(self, now: float) -> list[Action]:
         if self.state is Floor.TENTATIVE:

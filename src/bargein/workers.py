@@ -98,9 +98,10 @@ def run_workers(
 
     def start_one() -> WorkerInfo:
         receive, send = context.Pipe(duplex=False)
+        job = _Job(app_factory, sock, log_level, os.getpid(), send, own_addresses)
         process = context.Process(
             target=_worker_main,
-            args=(app_factory, sock, log_level, os.getpid(), send, own_addresses),
+            args=(job,),
             name="bargein-worker",
             daemon=True,
         )
@@ -204,36 +205,34 @@ def _terminated_as_interrupt() -> Iterator[None]:
 # -- in the worker ------------------------------------------------------------------------
 
 
-def _worker_main(
-    app_factory: Callable[[], ASGIApp],
-    sock: socket.socket,
-    log_level: str,
-    parent_pid: int,
-    ready: Connection,
-    own_address: bool,
-) -> None:
+@dataclass(frozen=True)
+class _Job:
+    """What a worker process is given (pickled by ``spawn``)."""
+
+    app_factory: Callable[[], ASGIApp]
+    sock: socket.socket
+    log_level: str
+    parent_pid: int
+    ready: Connection
+    own_address: bool
+
+
+def _worker_main(job: _Job) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
     # Ctrl-C in a terminal reaches every process of the group; the parent decides, and
     # stops the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve(app_factory(), sock, log_level, parent_pid, ready, own_address))
+    asyncio.run(_serve(job, job.app_factory()))
 
 
-async def _serve(
-    app: ASGIApp,
-    sock: socket.socket,
-    log_level: str,
-    parent_pid: int,
-    ready: Connection,
-    own_address: bool,
-) -> None:
+async def _serve(job: _Job, app: ASGIApp) -> None:
     import uvicorn
 
     from bargein.server import uvicorn_config
 
-    sockets = [sock]
-    if own_address:
-        sockets.append(listening_socket(sock.getsockname()[0], 0, backlog=64))
+    sockets = [job.sock]
+    if job.own_address:
+        sockets.append(listening_socket(job.sock.getsockname()[0], 0, backlog=64))
 
     class WorkerServer(uvicorn.Server):
         @contextlib.contextmanager
@@ -245,16 +244,17 @@ async def _serve(
             finally:
                 signal.signal(signal.SIGTERM, previous)
 
-    server = WorkerServer(uvicorn_config(app, log_level=log_level))
+    server = WorkerServer(uvicorn_config(app, log_level=job.log_level))
     serving = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started and not serving.done():
         await asyncio.sleep(0.05)
     if server.started:
-        ready.send((os.getpid(), socket_address(sockets[1]) if own_address else None))
-    ready.close()
+        own = socket_address(sockets[1]) if job.own_address else None
+        job.ready.send((os.getpid(), own))
+    job.ready.close()
 
     async def watch_parent() -> None:
-        while os.getppid() == parent_pid:
+        while os.getppid() == job.parent_pid:
             await asyncio.sleep(PARENT_CHECK_S)
         server.should_exit = True
 
