@@ -125,13 +125,24 @@ class LoggingSpeaker(SimulatedSpeaker):
         super().resume()
 
 
+def loud_noise(n: int, seed: int, rms: float = 0.3) -> FloatAudio:
+    """``n`` samples of white noise at ``rms``: the tests' stand-in for a loud voice.
+
+    Noise, not a constant: a DC step is no sound a microphone makes, and over a 40 ms
+    window it correlates with smooth agent audio (the ramps of WordTTS) as an echo would.
+    """
+    rng = np.random.default_rng(seed)
+    noise: FloatAudio = (rng.uniform(-1.0, 1.0, n) * np.sqrt(3.0) * rms).astype(np.float32)
+    return noise
+
+
 def user_speech(spans: Sequence[tuple[float, float]]) -> Callable[[float], FloatAudio]:
     """Microphone signal: loud noise inside the given (start, end) spans, silence elsewhere."""
 
     def frame_at(t_end: float) -> FloatAudio:
         t0 = t_end - FRAME / RATE
         loud = any(a < t_end and b > t0 for a, b in spans)
-        return np.full(FRAME, 0.3 if loud else 0.0, dtype=np.float32)
+        return loud_noise(FRAME, seed=round(t_end * RATE)) if loud else np.zeros(FRAME, np.float32)
 
     return frame_at
 

@@ -229,7 +229,7 @@ def echo_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
     echo_scenario(folder, "echo-only", "continue", [])
     echo_scenario(folder, "echo-and-user", "interrupt", [{"at_s": 2.0, "audio": "user.wav"}])
     results: dict[str, dict[str, object]] = {}
-    for mode in ("off", "gate", "aec", "both"):
+    for mode in ("off", "gate", "aec", "both", "auto"):
         recognizer = ScriptedRecognizer([([(0.0, ("hold", "on"))], ("hold", "on"))])
         stack = Stack(LevelVAD(), recognizer, VoiceTTS())
         run = run_set(folder, stack=stack, options=RunOptions(echo=mode), progress=False)
@@ -245,7 +245,7 @@ def test_without_echo_handling_the_agent_interrupts_itself(
     assert echo_results["echo-only/off"]["false_interruption"]
 
 
-@pytest.mark.parametrize("mode", ["gate", "aec", "both"])
+@pytest.mark.parametrize("mode", ["gate", "aec", "both", "auto"])
 def test_its_own_echo_never_interrupts_the_agent(
     echo_results: dict[str, dict[str, object]], mode: str
 ) -> None:
@@ -255,7 +255,7 @@ def test_its_own_echo_never_interrupts_the_agent(
         assert result["timeline"] == []
 
 
-@pytest.mark.parametrize("mode", ["off", "gate", "aec", "both"])
+@pytest.mark.parametrize("mode", ["off", "gate", "aec", "both", "auto"])
 def test_a_user_over_the_echo_still_interrupts_fast(
     echo_results: dict[str, dict[str, object]], mode: str
 ) -> None:
@@ -319,3 +319,78 @@ def test_a_silent_microphone_costs_no_reference_rendering_and_echo_is_still_caug
     assert rendered[0] == len(control.gate._ref)  # ... by a gate primed with the past
     loud = np.concatenate([out for at, out in outputs if at >= 2.1])
     assert level_db(loud) < level_db(echo[round(2.1 * RATE) :]) - 20
+
+
+class CountingCanceller:
+    """A canceller double that halves the microphone and counts the blocks it was given."""
+
+    sample_rate = RATE
+    block_samples = BLOCK
+
+    def __init__(self) -> None:
+        self.blocks = 0
+
+    def process(self, mic: FloatAudio, reference: FloatAudio) -> FloatAudio:
+        self.blocks += 1
+        return mic * np.float32(0.5)
+
+    def reset(self) -> None:
+        self.blocks = 0
+
+
+def drive_auto(mic: FloatAudio) -> tuple[EchoControl, list[CountingCanceller]]:
+    """An ``"auto"`` control playing AGENT while the microphone records ``mic``."""
+    made: list[CountingCanceller] = []
+
+    def factory() -> CountingCanceller:
+        made.append(CountingCanceller())
+        return made[-1]
+
+    control = EchoControl("auto", RATE, canceller=factory)
+    control.write(1, AGENT)
+    frame = 320
+    for i in range(0, len(AGENT) - frame + 1, frame):
+        at = (i + frame) / RATE
+        control.played(1, i + frame, at)
+        control.process(mic[i : i + frame], at)
+    return control, made
+
+
+def room_echo(reverb_s: float, delay_ms: float, gain_db: float) -> FloatAudio:
+    from bargein.bench.microphone import room_impulse_response
+
+    wet = np.convolve(AGENT, room_impulse_response(reverb_s, RATE))[: len(AGENT)]
+    return delayed(wet.astype(np.float32), delay_ms, gain_db)
+
+
+@pytest.mark.parametrize("reverb_s", [0.3, 0.7])
+def test_auto_starts_the_canceller_for_a_room_the_gate_cannot_explain(reverb_s: float) -> None:
+    control, made = drive_auto(room_echo(reverb_s, 150, -10))
+    assert len(made) == 1 and control.canceller is made[0]
+    started = control.canceller_started_at
+    # Early in the reply: a few tenths of a second after the echo first sounds.
+    assert started is not None and started < 0.15 + 0.6
+    # It adapted on the history first: every block the verdict was taken on, not only
+    # those after it.
+    after = sum(1 for e in control.evidence if e.at > started)
+    assert made[0].blocks >= after + control.judge_blocks
+
+
+@pytest.mark.parametrize("gain_db", [-25, -6])
+def test_auto_leaves_a_dry_echo_to_the_gate(gain_db: float) -> None:
+    control, made = drive_auto(delayed(AGENT, 120, gain_db))
+    assert made == [] and control.canceller is None
+    assert control.echo_blocks > 100
+
+
+def test_auto_never_starts_the_canceller_for_a_user_with_no_echo_or_over_a_dry_one() -> None:
+    # A headset: the user talks over the agent, and no echo comes back.
+    control, made = drive_auto(USER * np.float32(0.5))
+    assert made == [] and control.canceller_started_at is None
+    # A speakerphone with a dry echo: the gate's verdict was taken on the echo alone, so a
+    # user who then talks over it (unexplained blocks) does not start the canceller.
+    mic = delayed(AGENT, 120, -12)
+    late = round(1.5 * RATE)
+    mic[late:] += USER[: len(mic) - late] * np.float32(0.5)
+    control, made = drive_auto(mic)
+    assert made == [] and control.echo_blocks > 50

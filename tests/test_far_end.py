@@ -44,7 +44,7 @@ from bargein.providers.base import FloatAudio
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, load_scenario
 from bargein.session import Session
-from tests.doubles import TTS_RATE, WORD_SAMPLES, LevelVAD, ScriptedRecognizer, WordTTS
+from tests.doubles import TTS_RATE, WORD_SAMPLES, LevelVAD, ScriptedRecognizer, WordTTS, loud_noise
 
 # Words of two syllables each, so the syllable estimate meets the doubles' even timing.
 WORDS = ["apple", "river", "paper", "summer", "window", "silver", "basket", "garden"]
@@ -239,7 +239,7 @@ def _scenario(
 def folder(tmp_path: Path) -> Path:
     # "hold on": 0.1 s of silence, then 0.6 s of loud sound.
     audio = np.zeros(int(0.7 * 16000), dtype=np.float32)
-    audio[1600:] = 0.3
+    audio[1600:] = loud_noise(len(audio) - 1600, seed=1)
     write_wav(tmp_path / "hold-on.wav", audio, 16000)
     return tmp_path
 

@@ -394,9 +394,9 @@ def test_a_session_on_the_virtual_clock_works_with_both_deciders() -> None:
         assert record.decision == "commit"
         reasons[kind] = record.reason
         assert isinstance(session.policy.decider, RuleDecider if kind == "rule" else ModelDecider)
-    # The doubles' "speech" is a constant: a DC offset the model refuses, so the rule decides.
+    # The doubles' "speech" is loud noise, which the model takes without falling back.
     assert reasons["rule"] == "word:stop"
-    assert reasons["model"].startswith("fallback: DC offset")
+    assert reasons["model"].startswith("model:floor")
 
 
 def test_the_policy_resumes_after_a_click_with_the_model() -> None:

@@ -45,6 +45,7 @@ from tests.doubles import (
     ScriptedRecognizer,
     Utterance,
     WordTTS,
+    loud_noise,
     word_audio,
 )
 
@@ -114,7 +115,7 @@ def silence(t: float) -> FloatAudio | None:
 
 def loud_between(start: float, end: float) -> Callable[[float], FloatAudio | None]:
     def mic(t: float) -> FloatAudio | None:
-        return np.full(320, 0.3, dtype=np.float32) if start <= t < end else None
+        return loud_noise(320, seed=round(t * 8000)) if start <= t < end else None
 
     return mic
 

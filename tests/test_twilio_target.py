@@ -20,7 +20,7 @@ from bargein.bench.metrics import format_table
 from bargein.providers.scripted import ScriptedLLM
 from bargein.server import create_app, serve_in_background
 from bargein.transports.stack import AgentStack
-from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS, write_scenario
+from tests.doubles import LevelVAD, ScriptedRecognizer, WordTTS, loud_noise, write_scenario
 
 TOKEN = "sesame"
 WORDS = ["apple", "river", "paper", "summer", "window"]
@@ -35,7 +35,7 @@ def scenario(folder: Path, name: str, kind: str, expect: str, events: list[Any])
 def test_a_phone_caller_barges_in_and_a_quiet_call_plays_to_the_end(tmp_path: Path) -> None:
     # "hold on": 0.1 s of silence, then 0.6 s of loud sound, 0.5 s into the agent's speech.
     audio = np.zeros(int(0.7 * 16000), dtype=np.float32)
-    audio[1600:] = 0.3
+    audio[1600:] = loud_noise(len(audio) - 1600, seed=1)
     write_wav(tmp_path / "hold-on.wav", audio, 16000)
     scenario(
         tmp_path,

@@ -30,10 +30,10 @@ from bargein.transports.websocket import (
     decode_audio,
     encode_audio,
 )
-from tests.doubles import TTS_RATE, WORD_SAMPLES, LevelVAD, ScriptedRecognizer, WordTTS
+from tests.doubles import TTS_RATE, WORD_SAMPLES, LevelVAD, ScriptedRecognizer, WordTTS, loud_noise
 
 REPLY = "One two three four five six seven eight. Nine ten eleven twelve thirteen fourteen."
-LOUD = (np.full(320, 0.3) * 32767).astype("<i2").tobytes()
+LOUD = (np.clip(loud_noise(320, seed=1), -1, 1) * 32767).astype("<i2").tobytes()
 QUIET = bytes(640)
 
 Utterances = list[tuple[list[tuple[float, tuple[str, ...]]], tuple[str, ...]]]

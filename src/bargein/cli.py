@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+from bargein.echo import ECHO_MODES
 from bargein.policy import RestartPolicy
 
 if TYPE_CHECKING:
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--echo",
-        choices=("off", "aec", "gate", "both"),  # bargein.echo.ECHO_MODES
+        choices=ECHO_MODES,
         default=None,
         help="how the session keeps its own voice fed back into the microphone from "
         "interrupting it (default: the session's)",

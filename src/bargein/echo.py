@@ -18,6 +18,11 @@ timeline. Two tools use it, alone or together (``SessionConfig.echo``):
   level and interrupts as fast as without echo.
 - ``"both"``: the canceller's output goes on, the gate's evidence (measured on the raw
   microphone, where the reference matches best) silences what the canceller left.
+- ``"auto"`` (the default): the gate alone while it explains the echo it finds; ``"both"``
+  from the moment it finds an echo it cannot explain. A dry echo (a delay and a gain) is
+  exactly what the gate models, and the canceller's suppressor would only reshape the
+  user's voice there; a reverberant room leaves a tail no short fit explains, and that is
+  what the canceller is for. A session with no echo at all never starts the canceller.
 
 While the reference has been silent for longer than the longest echo delay, nothing
 runs but one energy comparison per 10 ms block: without an agent voice there is no echo.
@@ -35,10 +40,12 @@ import numpy.typing as npt
 
 from bargein.providers.base import FloatAudio
 
-EchoMode = Literal["off", "aec", "gate", "both"]
-ECHO_MODES: tuple[EchoMode, ...] = ("off", "aec", "gate", "both")
+EchoMode = Literal["off", "aec", "gate", "both", "auto"]
+ECHO_MODES: tuple[EchoMode, ...] = ("off", "aec", "gate", "both", "auto")
 
 _TINY = 1e-12
+_SOUNDING_DBFS = -60.0
+"""A microphone block quieter than this says little about the echo path."""
 
 
 def _db(ratio: float) -> float:
@@ -394,31 +401,50 @@ class EchoControl:
         canceller: CancellerFactory | None = None,
         gate: EchoGate | None = None,
         max_delay_s: float = 0.4,
+        judge_blocks: int = 12,
+        explained_share: float = 0.5,
     ) -> None:
         if mode not in ECHO_MODES or mode == "off":
-            raise ValueError(f"echo mode must be one of aec, gate, both; got {mode!r}")
+            raise ValueError(f"echo mode must be one of aec, gate, both, auto; got {mode!r}")
         self.mode = mode
         self.rate = rate
         self.block = rate // 100
         self.reference = PlayoutReference(source_rate, rate)
-        self.canceller = (canceller or default_canceller)() if mode in ("aec", "both") else None
-        if self.canceller is not None and (
-            self.canceller.sample_rate != rate or self.canceller.block_samples != self.block
-        ):
-            raise ValueError(f"the echo canceller must take 10 ms blocks at {rate} Hz")
+        self._new_canceller = canceller or default_canceller
+        self.canceller: EchoCanceller | None = None
+        if mode in ("aec", "both"):
+            self._start_canceller()
         self.gate = (
-            (gate or EchoGate(rate, self.block, max_delay_s=max_delay_s))
-            if (mode in ("gate", "both"))
-            else None
+            (gate or EchoGate(rate, self.block, max_delay_s=max_delay_s)) if mode != "aec" else None
         )
         self.evidence: deque[EchoEvidence] = deque(maxlen=500)
         """The gate's judgement of the most recent blocks (while the reference was live)."""
         self.echo_blocks = 0
         """Blocks judged to be echo and silenced, since the session began."""
+        self.judge_blocks = judge_blocks
+        """``"auto"``: the verdict is taken on this many sounding blocks (the latest)."""
+        self.explained_share = explained_share
+        """``"auto"``: the canceller starts when the gate explained fewer of those blocks."""
+        self.canceller_started_at: float | None = None
+        """``"auto"``: when the gate's verdict started the canceller (clock time), or None."""
+        self._sounding: deque[bool] = deque(maxlen=judge_blocks)  # explained or not
+        self._verdict = False
+        # ``"auto"`` before its verdict: the last second of microphone and reference, so
+        # that a canceller started late has already adapted to the room when it takes over.
+        self._history: deque[tuple[FloatAudio, FloatAudio]] = deque(
+            maxlen=100 if mode == "auto" else 0
+        )
         self._pending = np.zeros(0, dtype=np.float32)
         self._quiet_for = float("inf")  # seconds since the reference last sounded
         self._reach_s = max_delay_s + 0.1
         self._watching = False
+
+    def _start_canceller(self) -> EchoCanceller:
+        made = self._new_canceller()
+        if made.sample_rate != self.rate or made.block_samples != self.block:
+            raise ValueError(f"the echo canceller must take 10 ms blocks at {self.rate} Hz")
+        self.canceller = made
+        return made
 
     # -- what the sink does ---------------------------------------------------------------
 
@@ -495,12 +521,46 @@ class EchoControl:
         out = mic
         if self.canceller is not None:
             out = np.asarray(self.canceller.process(mic, ref), dtype=np.float32)
+        elif self.mode == "auto":
+            self._history.append((mic, ref))
         if self.gate is not None:
             gated, evidence = self.gate.process(mic, ref, at)
             self.evidence.append(evidence)
+            if self.canceller is None and self._unexplained(evidence):
+                out = self._take_over(at)
             if evidence.echo:
                 self.echo_blocks += 1
                 out = out * self.gate.suppress if self.canceller is not None else gated
             elif self.canceller is None:
                 out = gated
+        return out
+
+    def _unexplained(self, evidence: EchoEvidence) -> bool:
+        """``"auto"``: the verdict, once the gate has confirmed an echo delay.
+
+        The gate explains a dry echo almost block by block; in a reverberant room it
+        confirms the delay (the direct sound correlates) yet explains almost nothing, the
+        tail being longer than its fit. The verdict is taken once per session, on the
+        last sounding blocks when the delay is first confirmed: a user talking over a dry
+        echo later on is unexplained too, and must not start the canceller.
+        """
+        if self.mode != "auto" or self._verdict:
+            return False
+        if evidence.mic_dbfs >= _SOUNDING_DBFS:
+            self._sounding.append(evidence.echo)
+        if self.gate is None or self.gate.delay is None:
+            return False
+        if len(self._sounding) < self.judge_blocks:
+            return False
+        self._verdict = True
+        return sum(self._sounding) < self.explained_share * len(self._sounding)
+
+    def _take_over(self, at: float) -> FloatAudio:
+        """Start the canceller on the history (this block last); return its last output."""
+        canceller = self._start_canceller()
+        self.canceller_started_at = at
+        out = np.zeros(self.block, dtype=np.float32)
+        for mic, ref in self._history:
+            out = np.asarray(canceller.process(mic, ref), dtype=np.float32)
+        self._history.clear()
         return out

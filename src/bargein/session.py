@@ -175,9 +175,10 @@ class SessionConfig:
     """Tier 2 when no ``decider`` is passed: the ``rule`` (bargein.decider.RuleDecider)
     or the trained ``model`` (bargein.tier2.ModelDecider; docs/tier2.md says why it is
     not yet the default)."""
-    echo: EchoMode = "gate"
+    echo: EchoMode = "auto"
     """What keeps the agent's own voice, heard back through the microphone, from
-    interrupting it: ``gate``, ``aec``, ``both`` or ``off`` (see :mod:`bargein.echo`)."""
+    interrupting it: ``auto`` (the gate, and the canceller too in a room the gate cannot
+    explain), ``gate``, ``aec``, ``both`` or ``off`` (see :mod:`bargein.echo`)."""
 
 
 class Session:
