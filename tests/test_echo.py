@@ -374,6 +374,13 @@ def test_auto_starts_the_canceller_for_a_room_the_gate_cannot_explain(reverb_s: 
     # those after it.
     after = sum(1 for e in control.evidence if e.at > started)
     assert made[0].blocks >= after + control.judge_blocks
+    # While it works on the echo (and until the echo has died away), the session takes
+    # no sudden-loudness onsets from its output.
+    end = len(AGENT) / RATE
+    assert control.cancelling(end)
+    for k in range(1, 51):  # a second of the microphone after the reply
+        control.process(np.zeros(320, dtype=np.float32), end + k * 0.02)
+    assert not control.cancelling(end + 1.0)
 
 
 @pytest.mark.parametrize("gain_db", [-25, -6])
@@ -394,3 +401,50 @@ def test_auto_never_starts_the_canceller_for_a_user_with_no_echo_or_over_a_dry_o
     mic[late:] += USER[: len(mic) - late] * np.float32(0.5)
     control, made = drive_auto(mic)
     assert made == [] and control.echo_blocks > 50
+
+
+def test_the_echo_control_gets_the_microphones_capture_time_not_its_arrival_time() -> None:
+    """Late pushes (a busy loop, a network) must not move the echo: the echo control is
+    told when each piece was captured, on the microphone's own sample clock."""
+    import asyncio
+
+    from bargein.clock import run, sleep_until
+    from bargein.providers.scripted import ScriptedLLM
+    from bargein.session import Session
+    from tests.doubles import LoggingSpeaker, WordTTS
+
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=ScriptedRecognizer([]),
+        llm=ScriptedLLM(["Hello there."]),
+        tts=WordTTS(),
+        sink=LoggingSpeaker([]),
+    )
+    assert session.echo is not None
+    stamps: list[float] = []
+
+    def record(samples: FloatAudio, at: float) -> FloatAudio:
+        stamps.append(at)
+        return samples
+
+    session.echo.process = record  # type: ignore[method-assign]
+    frame = 320  # 20 ms
+    # Arrival lateness of each push after the first: jitter under the gap limit, then a
+    # 0.5 s gap (audio withheld), then on time again.
+    late = [0.0, 0.013, 0.002, 0.031, 0.0, 0.12, 0.004, 0.6, 0.6, 0.61]
+
+    async def main() -> None:
+        async with session:
+            t0 = asyncio.get_running_loop().time()
+            for k, lateness in enumerate(late):
+                await sleep_until(t0 + (k + 1) * 0.02 + lateness)
+                session.push_audio(np.zeros(frame, dtype=np.float32))
+
+    run(main(), "virtual")
+    t0 = stamps[0] - 0.02
+    # Jittered pushes: the capture clock, exactly (the first push defined it).
+    assert stamps[:7] == pytest.approx([t0 + (k + 1) * 0.02 for k in range(7)], abs=1e-9)
+    # After the gap: anchored again on the arrival, then steady on the new anchor.
+    assert stamps[7] == pytest.approx(t0 + 8 * 0.02 + 0.6, abs=1e-9)
+    assert stamps[8] == pytest.approx(stamps[7] + 0.02, abs=1e-9)
+    assert stamps[9] == pytest.approx(stamps[8] + 0.02, abs=1e-9)

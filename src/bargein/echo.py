@@ -498,6 +498,15 @@ class EchoControl:
             out[lo:hi] = self._block(pending[lo:hi], ref[lo:hi], float(peaks[i]), block_at)
         return out
 
+    def cancelling(self, at: float) -> bool:
+        """``"auto"`` started the canceller for a room, and its echo may still sound at ``at``.
+
+        Over such a room the canceller leaves a residue in sudden bursts, which a
+        loudness onset would take for a voice. (In ``"aec"`` and ``"both"`` modes, chosen
+        up front, loudness onsets are kept: their measured figures rely on them.)
+        """
+        return self.canceller_started_at is not None and not self._idle(at)
+
     def _below_gate_floor(self, samples: FloatAudio) -> bool:
         """Whole blocks, none above the gate's floor, and no canceller that must adapt."""
         if self.gate is None or self.canceller is not None or len(self._pending):

@@ -161,6 +161,19 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class EchoCancelled:
+    """The echo control has started cancelling an echo of the agent it had let through
+    (``bargein.echo``'s ``auto`` mode finding a room its gate cannot explain).
+
+    An overlap under way may have begun on that echo: the voice the VAD heard in it until
+    now, and the words made of it, were the agent's own. They stop counting; voice heard
+    from here on, through the canceller, counts as before.
+    """
+
+    at: float
+
+
+@dataclass(frozen=True)
 class TurnEndProbability:
     """How likely the user's turn is complete, judged on the words up to ``utterance``.
 
@@ -180,6 +193,7 @@ Event = (
     | Words
     | ReadingStarted
     | Reading
+    | EchoCancelled
     | RequestReply
     | FirstToken
     | Playout
@@ -417,6 +431,8 @@ class FloorPolicy:
                 return self._on_reading_started(event)
             case Reading():
                 return self._on_reading(event)
+            case EchoCancelled():
+                return self._on_echo_cancelled()
             case RequestReply():
                 if self.state is not Floor.LISTENING:
                     raise PolicyError(f"reply requested while {self.state.value}")
@@ -595,6 +611,14 @@ class FloorPolicy:
         overlap.reading_since = None
         overlap.early_readings.append(event.words)
         return self._decide(event.at)
+
+    def _on_echo_cancelled(self) -> list[Action]:
+        if self.state is Floor.TENTATIVE and self._overlap is not None:
+            overlap = self._overlap
+            overlap.last_voiced_at = float("-inf")
+            overlap.partials.clear()
+            overlap.early_readings.clear()
+        return []
 
     def _reading_overlap(self, utterance: int) -> Overlap | None:
         """The overlap tier 2 is deciding about, if a reading of ``utterance`` concerns it."""

@@ -37,6 +37,7 @@ from bargein.policy import (
     Action,
     CancelReply,
     DuckOutput,
+    EchoCancelled,
     Event,
     FirstToken,
     Floor,
@@ -86,6 +87,9 @@ _PEEK_FIRST_S: Final = 0.4
 then again every ``_PEEK_EVERY_S``, so that one reading lands before the rule's 0.8 s
 duration commit."""
 _PEEK_EVERY_S: Final = 0.2
+_MIC_GAP_S: Final = 0.25
+"""Microphone audio arriving this much later than its capture clock says was not late
+but missing: the capture clock starts again from its arrival."""
 
 
 class AudioFormatError(ValueError):
@@ -241,6 +245,8 @@ class Session:
             if self.config.echo != "off"
             else None
         )
+        self._mic_origin: float | None = None  # clock time of the microphone's sample 0
+        self._mic_samples = 0
         self.conversation = Conversation()
         if self.config.system_prompt is not None:
             self.conversation.system_prompt = self.config.system_prompt
@@ -312,9 +318,19 @@ class Session:
         here, so a wrong rate cannot silently shift every timestamp.
         """
         samples = self._validate(audio, sample_rate)
+        captured = self._captured(len(samples))
         if self.echo is not None:
-            samples = self.echo.process(samples, self.now())
-        if self.gate is not None and self.gate.push(samples):
+            cancelling = self.echo.canceller is not None
+            samples = self.echo.process(samples, captured)
+            if not cancelling and self.echo.canceller is not None:
+                # What the VAD remembers (Silero's state) is of the echo: start it afresh
+                # on the cancelled audio, and tell tier 2 that the voice so far was not.
+                self.vad.reset()
+                self._handle(EchoCancelled(self.now()))
+        loud = self.gate is not None and self.gate.push(samples)
+        if loud and (self.echo is None or not self.echo.cancelling(captured)):
+            # (A room's echo, cancelled, leaves a residue in sudden bursts: over it, the
+            # VAD alone says when a voice starts.)
             start = self.segmenter.push_loud(self.now())
             if start is not None:
                 self._speech_started(start)
@@ -323,6 +339,27 @@ class Session:
         while len(self._pending) >= size:
             frame, self._pending = self._pending[:size], self._pending[size:]
             self._process_frame(frame)
+
+    def _captured(self, n: int) -> float:
+        """When the end of these ``n`` new samples was captured: the microphone's own clock.
+
+        Audio arrives late by a varying amount (a busy event loop, a network), but it was
+        captured at a steady rate. The echo control lines the microphone up with what the
+        sink played to a fraction of a sample, so it needs the capture time: stamped on
+        arrival, an echo would seem to move by each push's lateness, and no echo path
+        explains that. The clock is anchored on the earliest arrival (audio cannot arrive
+        before it was captured) and anchored afresh after a gap (audio lost or withheld).
+        """
+        now = self.now()
+        self._mic_samples += n
+        span = self._mic_samples / self.sample_rate
+        if self._mic_origin is None:
+            self._mic_origin = now - span
+        late = now - (self._mic_origin + span)
+        if late < 0.0 or late > _MIC_GAP_S:
+            self._mic_origin = now - span
+            return now
+        return self._mic_origin + span
 
     def playout(self, reply_id: int, played: int) -> None:
         """The sink's cursor: ``played`` samples of ``reply_id`` have reached the ear."""
