@@ -429,22 +429,35 @@ def test_the_echo_control_gets_the_microphones_capture_time_not_its_arrival_time
 
     session.echo.process = record  # type: ignore[method-assign]
     frame = 320  # 20 ms
-    # Arrival lateness of each push after the first: jitter under the gap limit, then a
-    # 0.5 s gap (audio withheld), then on time again.
-    late = [0.0, 0.013, 0.002, 0.031, 0.0, 0.12, 0.004, 0.6, 0.6, 0.61]
+    # When each 20 ms piece arrives, in seconds after its nominal capture end:
+    # jitter; a 0.3 s stall whose pieces then arrive in one burst; steady again; then
+    # 0.6 s of audio that never comes (a gap), after which the pieces keep coming late.
+    arrivals = [0.02 * (k + 1) for k in range(50)]
+    for k, lateness in enumerate([0.0, 0.013, 0.002, 0.031, 0.0, 0.012]):
+        arrivals[k] += lateness
+    for k in range(6, 21):
+        arrivals[k] = 0.42  # the stall: pieces 6-20 (captured by 0.14-0.42 s) at 0.42 s
+    gap = 0.6
+    for k in range(21, 50):
+        arrivals[k] += gap  # piece 21 on: each 0.6 s late
 
     async def main() -> None:
         async with session:
             t0 = asyncio.get_running_loop().time()
-            for k, lateness in enumerate(late):
-                await sleep_until(t0 + (k + 1) * 0.02 + lateness)
+            for at in arrivals:
+                await sleep_until(t0 + at)
                 session.push_audio(np.zeros(frame, dtype=np.float32))
 
     run(main(), "virtual")
     t0 = stamps[0] - 0.02
-    # Jittered pushes: the capture clock, exactly (the first push defined it).
-    assert stamps[:7] == pytest.approx([t0 + (k + 1) * 0.02 for k in range(7)], abs=1e-9)
-    # After the gap: anchored again on the arrival, then steady on the new anchor.
-    assert stamps[7] == pytest.approx(t0 + 8 * 0.02 + 0.6, abs=1e-9)
-    assert stamps[8] == pytest.approx(stamps[7] + 0.02, abs=1e-9)
-    assert stamps[9] == pytest.approx(stamps[8] + 0.02, abs=1e-9)
+    # Jitter and the stall's burst: the capture clock, exactly (the first push defined it).
+    capture = [t0 + 0.02 * (k + 1) for k in range(50)]
+    assert stamps[:21] == pytest.approx(capture[:21], abs=1e-9)
+    # The gap: late pieces keep their capture times until they have been a gap late for
+    # 0.25 s; then the clock starts again from the arrival, and runs on from there.
+    anchored = [k for k in range(21, 50) if stamps[k] != pytest.approx(capture[k], abs=1e-9)]
+    assert anchored and arrivals[anchored[0]] - arrivals[21] >= 0.25
+    first = anchored[0]
+    assert stamps[first] == pytest.approx(t0 + arrivals[first], abs=1e-9)
+    for k in range(first + 1, 50):
+        assert stamps[k] == pytest.approx(stamps[k - 1] + 0.02, abs=1e-9)

@@ -88,8 +88,8 @@ then again every ``_PEEK_EVERY_S``, so that one reading lands before the rule's 
 duration commit."""
 _PEEK_EVERY_S: Final = 0.2
 _MIC_GAP_S: Final = 0.25
-"""Microphone audio arriving this much later than its capture clock says was not late
-but missing: the capture clock starts again from its arrival."""
+"""Microphone audio arriving this much later than its capture clock says, for this long,
+was not late but missing: the capture clock starts again from its arrival."""
 
 
 class AudioFormatError(ValueError):
@@ -247,6 +247,7 @@ class Session:
         )
         self._mic_origin: float | None = None  # clock time of the microphone's sample 0
         self._mic_samples = 0
+        self._mic_late_since: float | None = None  # since when audio arrives a gap late
         self.conversation = Conversation()
         if self.config.system_prompt is not None:
             self.conversation.system_prompt = self.config.system_prompt
@@ -348,7 +349,9 @@ class Session:
         sink played to a fraction of a sample, so it needs the capture time: stamped on
         arrival, an echo would seem to move by each push's lateness, and no echo path
         explains that. The clock is anchored on the earliest arrival (audio cannot arrive
-        before it was captured) and anchored afresh after a gap (audio lost or withheld).
+        before it was captured). Audio that keeps arriving much later than its capture
+        clock says, for longer than a stall's catch-up burst would take, was lost or
+        withheld (a gap): the clock is then anchored afresh.
         """
         now = self.now()
         self._mic_samples += n
@@ -356,8 +359,14 @@ class Session:
         if self._mic_origin is None:
             self._mic_origin = now - span
         late = now - (self._mic_origin + span)
-        if late < 0.0 or late > _MIC_GAP_S:
-            self._mic_origin = now - span
+        if late <= _MIC_GAP_S:
+            self._mic_late_since = None
+        elif self._mic_late_since is None:
+            self._mic_late_since = now
+        if late < 0.0 or (
+            self._mic_late_since is not None and now - self._mic_late_since >= _MIC_GAP_S
+        ):
+            self._mic_origin, self._mic_late_since = now - span, None
             return now
         return self._mic_origin + span
 

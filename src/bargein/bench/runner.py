@@ -163,6 +163,9 @@ async def run_scenario(
         while True:
             n += 1
             await sleep_until(origin + n * MIC_CHUNK / MIC_RATE)
+            # What the loudspeaker has played by now, before the microphone hears its echo:
+            # on a busy loop the speaker's own task may not have caught up yet.
+            speaker.render_until(asyncio.get_running_loop().time() - origin)
             mic.place(speaker.first_sound_at.get(1))
             frame = mic.frame(MIC_CHUNK)
             if fed is not None:
