@@ -530,7 +530,7 @@ class EchoControl:
         out = mic
         if self.canceller is not None:
             out = np.asarray(self.canceller.process(mic, ref), dtype=np.float32)
-        elif self.mode == "auto":
+        elif self.mode == "auto" and not self._verdict:
             self._history.append((mic, ref))
         if self.gate is not None:
             gated, evidence = self.gate.process(mic, ref, at)
