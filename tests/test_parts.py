@@ -27,6 +27,18 @@ def test_segmenter_starts_on_one_frame_and_ends_after_the_hangover() -> None:
     assert not seg.active
 
 
+def test_segmenter_ends_sooner_when_the_caller_asks_for_a_shorter_hangover() -> None:
+    seg = SpeechSegmenter(end_silence_s=0.25)
+    assert seg.push(0.032, 0.9) == SpeechStarted(0.032)
+    assert seg.push(0.064, 0.1, end_silence_s=0.06) is None  # quiet since 0.032
+    assert seg.push(0.096, 0.1, end_silence_s=0.06) == SpeechEnded(0.096)
+    # Without the override the field stands again.
+    assert seg.push(0.128, 0.9) == SpeechStarted(0.128)
+    assert seg.push(0.16, 0.1) is None
+    assert seg.push(0.192, 0.1) is None
+    assert seg.push(0.384, 0.1) == SpeechEnded(0.384)
+
+
 def test_segmenter_can_demand_several_frames() -> None:
     seg = SpeechSegmenter(start_frames=2)
     assert seg.push(0.0, 0.9) is None

@@ -82,11 +82,19 @@ from bargein.vad import LoudnessGate, SpeechSegmenter
 log = logging.getLogger("bargein.session")
 timeline_log = logging.getLogger("bargein.timeline")
 
-_PEEK_FIRST_S: Final = 0.4
+_PEEK_FIRST_S: Final = 0.3
 """How long an overlap runs before a second opinion that can read it so far is asked to;
-then again every ``_PEEK_EVERY_S``, so that one reading lands before the rule's 0.8 s
-duration commit."""
-_PEEK_EVERY_S: Final = 0.2
+then again every ``_PEEK_EVERY_S`` (one reading at a time), so that two readings in a row
+can name a command well before the rule's 0.8 s duration commit. Each reading is a
+Whisper pass of 60-200 ms on a busy core; much more often and the readings would run back
+to back, a core taken for as long as the overlap lasts."""
+_PEEK_EVERY_S: Final = 0.15
+_OVERLAP_END_SILENCE_S: Final = 0.15
+"""The segmenter's hangover while tier 2 decides (five 32 ms frames, 160 ms), instead of its
+usual 0.25 s (eight, 256 ms): the agent is paused meanwhile, so every millisecond of it is
+silence inserted into the agent's speech when the sound was an "uh-huh". Ending sooner may
+split "Wait, ..." at its comma; the rest is then a new onset, and tier 1 pauses the agent
+again."""
 _MIC_GAP_S: Final = 0.25
 """Microphone audio arriving this much later than its capture clock says, for this long,
 was not late but missing: the capture clock starts again from its arrival."""
@@ -411,7 +419,8 @@ class Session:
         at = self.now()
         self._preroll.append(frame)
         probability = self.vad.probability(frame)
-        change = self.segmenter.push(at, probability)
+        deciding = self.policy.state is Floor.TENTATIVE
+        change = self.segmenter.push(at, probability, _OVERLAP_END_SILENCE_S if deciding else None)
         features = frame_features(frame) if self._features else None
         self._handle(VoiceActivity(at, probability, features))
         if isinstance(change, SpeechStarted):

@@ -13,7 +13,9 @@ Two detectors feed one segmenter:
   pausing the agent.
 
 An end needs ``end_silence_s`` of frames under ``end_threshold``, so a breath between two
-words does not split an utterance. Everything here is pure and clock-free like the
+words does not split an utterance. The caller may ask for a shorter end on any frame
+(:meth:`SpeechSegmenter.push`): while the agent is paused for a sound, every
+millisecond of hangover is silence the user hears. Everything here is pure and clock-free like the
 policy: the caller passes each block's timestamp.
 """
 
@@ -103,8 +105,14 @@ class SpeechSegmenter:
         self._quiet_since = None
         return SpeechStarted(at, voiced=False)
 
-    def push(self, at: float, probability: float) -> SpeechStarted | SpeechEnded | None:
-        """Feed one frame's probability, timestamped at the frame's end."""
+    def push(
+        self, at: float, probability: float, end_silence_s: float | None = None
+    ) -> SpeechStarted | SpeechEnded | None:
+        """Feed one frame's probability, timestamped at the frame's end.
+
+        ``end_silence_s`` overrides the field for this frame: the silence that, counted
+        from the last voiced frame, ends the speech now.
+        """
         previous, self._last_at = self._last_at, at
         if not self.active:
             self._above = self._above + 1 if probability >= self.start_threshold else 0
@@ -135,7 +143,8 @@ class SpeechSegmenter:
         if self._quiet_since is None:
             # Silence began where the previous (voiced) frame ended.
             self._quiet_since = previous if previous is not None else at
-        if at - self._quiet_since >= self.end_silence_s - 1e-9:
+        end_silence = self.end_silence_s if end_silence_s is None else end_silence_s
+        if at - self._quiet_since >= end_silence - 1e-9:
             self.active = False
             self._quiet_since = None
             return SpeechEnded(at)
