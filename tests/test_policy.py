@@ -541,3 +541,126 @@ def test_a_reading_of_another_utterance_or_after_the_sound_is_ignored() -> None:
     assert policy.state is Floor.TENTATIVE
     policy.handle(Words(1.7, ("okay",), final=True))
     assert policy.handle(Reading(1.8, policy.utterance, ("stop",))) == []  # decided
+
+
+def watched_okay(policy: FloorPolicy) -> None:
+    """An "okay" read three times over the agent while the user still says it: resumed
+    early, at 1.45 s."""
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.2)
+    assert policy.handle(Reading(1.2, policy.utterance, ("okay",))) == []
+    voice(policy, 1.2, 1.3)
+    assert policy.handle(Reading(1.3, policy.utterance, ("okay",))) == []
+    voice(policy, 1.3, 1.45)
+    assert policy.handle(Reading(1.45, policy.utterance, ("okay",))) == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "spotted early:okay"
+    assert policy.state is Floor.SPEAKING and policy.overlap_open
+
+
+def test_two_backchannel_readings_resume_while_the_sound_goes_on() -> None:
+    """The agent talks on over "okay, okay" (a person would), and keeps listening: the
+    sound ending as a backchannel closes the overlap without another pause."""
+    policy = speaking_policy()
+    watched_okay(policy)
+    assert voice(policy, 1.45, 1.6) == []  # more "okay": still what tier 2 said
+    assert policy.handle(Reading(1.6, policy.utterance, ("okay", "okay"))) == []
+    assert voice(policy, 1.6, 1.9) == []
+    assert policy.handle(SpeechEnded(2.05)) == []  # the final words are awaited, playing
+    assert policy.handle(Words(2.1, ("okay", "okay"), final=True)) == []
+    assert not policy.overlap_open and policy.state is Floor.SPEAKING
+    assert len(policy.interruptions) == 1
+    # The overlap's words were not a turn: nothing is answered when the reply ends.
+    assert policy.handle(Playout(5.0, 1, 900, complete=True)) == [ReplyFinished(1)]
+    assert policy.handle(Tick(7.0)) == []
+
+
+def test_a_watched_sound_that_turns_into_a_command_pauses_again_then_commits() -> None:
+    policy = speaking_policy()
+    watched_okay(policy)
+    assert voice(policy, 1.45, 1.6) == []
+    # "okay, wait, ...": a reading that is no longer a backchannel pauses at once.
+    assert policy.handle(Reading(1.6, policy.utterance, ("wait",))) == [PauseOutput(1)]
+    assert policy.state is Floor.TENTATIVE
+    again = policy.interruptions[1]
+    assert (again.onset_at, again.tier1_at) == (1.0, 1.6)  # the same sound, paused again
+    assert voice(policy, 1.6, 1.75) == []
+    actions = policy.handle(Reading(1.75, policy.utterance, ("wait",)))
+    assert actions[:3] == [FlushOutput(1), CancelReply(1), Truncate(1, 100)]
+    assert again.reason == "spotted:wait" and policy.state is Floor.YIELDED
+
+
+def test_a_watched_sound_whose_final_words_are_a_bid_takes_the_floor() -> None:
+    policy = speaking_policy()
+    watched_okay(policy)
+    assert policy.handle(SpeechEnded(1.6)) == []
+    actions = policy.handle(Words(1.65, ("okay", "so", "which", "one"), final=True))
+    assert actions[:2] == [PauseOutput(1), FlushOutput(1)]
+    assert policy.interruptions[1].reason == "words:okay so which one"
+    assert policy.state is Floor.YIELDED
+    assert policy.turn_words == ("okay", "so", "which", "one")
+
+
+def test_voice_going_on_without_a_verdict_pauses_and_the_long_sound_commits() -> None:
+    """Readings that stop being backchannels (here: no answer) leave tier 2 unsure while
+    the voice goes on: tier 1 pauses again, and the duration rule decides as usual."""
+    policy = speaking_policy()
+    watched_okay(policy)
+    assert policy.handle(Reading(1.6, policy.utterance, ())) == []  # no voice since
+    assert voice(policy, 1.6, 1.65) == [PauseOutput(1)]
+    assert FlushOutput(1) in voice(policy, 1.65, 1.85)
+    assert policy.interruptions[1].reason == "duration"
+
+
+def test_a_reply_that_ends_under_a_watched_sound_closes_it() -> None:
+    policy = speaking_policy()
+    watched_okay(policy)
+    assert policy.handle(Playout(1.5, 1, 900, complete=True)) == [ReplyFinished(1)]
+    assert not policy.overlap_open and policy.state is Floor.LISTENING
+    assert policy.handle(Reading(1.6, policy.utterance, ("stop",))) == []
+    assert policy.next_deadline() is None
+
+
+def test_without_early_resumes_the_rule_waits_for_the_end() -> None:
+    policy = FloorPolicy(PolicyConfig(preemptive=False), RuleDecider(early_resume_readings=0))
+    policy.handle(RequestReply(0.0))
+    policy.handle(Playout(0.3, 1, 100))
+    policy.handle(SpeechStarted(1.0))
+    for at in (1.2, 1.3, 1.45):
+        voice(policy, at - 0.1, at)
+        assert policy.handle(Reading(at, policy.utterance, ("okay",))) == []
+    assert policy.state is Floor.TENTATIVE
+
+
+def test_readings_that_change_their_mind_are_no_backchannel() -> None:
+    """A reader forced to choose among phrases flails on the start of a sentence ("Can
+    you..." read as "yes", "good", "okay"); one that goes on ("oh", "oh right") agrees."""
+    rule = RuleDecider()
+    overlap = Overlap(onset_at=1.0, agent_audible=True, last_voiced_at=1.5)
+    overlap.early_readings = [("yes",), ("good",), ("okay",)]
+    assert rule.decide(overlap, 1.5) is None
+    overlap.early_readings = [("oh",), ("oh",), ("oh", "right")]
+    decision = rule.decide(overlap, 1.5)
+    assert decision is not None and (decision.kind, decision.reason) == (
+        "resume",
+        "spotted early:oh right",
+    )
+    overlap.early_readings = [("okay",), ("stop",), ("okay",)]
+    assert rule.decide(overlap, 1.5) is None
+
+
+def test_a_backchannel_read_early_outweighs_a_last_reading_with_no_answer() -> None:
+    """ "Cool." read as "okay" while it lasted, then as a tie at its end; the open
+    recogniser heard "q". The reading that answered decides, unless one heard a command."""
+    rule = RuleDecider()
+    overlap = Overlap(onset_at=1.0, agent_audible=True, last_voiced_at=1.4)
+    overlap.speech_active, overlap.speech_ended_at = False, 1.5
+    overlap.early_readings = [(), ("okay",)]
+    overlap.final_words, overlap.second_opinion = ("q",), ()
+    decision = rule.decide(overlap, 1.5)
+    assert decision is not None and (decision.kind, decision.reason) == (
+        "resume",
+        "spotted early:okay",
+    )
+    overlap.early_readings = [("stop",), ("okay",)]
+    decision = rule.decide(overlap, 1.5)
+    assert decision is not None and (decision.kind, decision.reason) == ("commit", "words:q")

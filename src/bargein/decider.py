@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
@@ -207,6 +208,16 @@ class RuleDecider:
       (one reading of the first syllables of "exactly" can be "no"), and a backchannel
       reading moves the duration commit out to ``backchannel_after_s``: "okay, okay" or
       a drawn-out "mm-hmm" can outlast ``commit_after_s``;
+    - ``early_resume_readings`` readings in a row (0: never) that hear the same
+      backchannel, each the one before or more of it ("oh", then "oh right"), resume while
+      the sound still goes on: the agent talks on over "okay, okay" as a person would.
+      The policy keeps listening to the sound, and pauses again if it turns out to be
+      more. Readings that change their mind ("yes", then "good", for the first words of
+      "Can you...") are a reader forced to choose, not a backchannel; and two that agree
+      were fooled by the first syllables of "Hang on" ("ha") and "And also" ("all right");
+    - when the last reading gives no answer and the open recogniser heard one or two
+      other words, an earlier reading that heard a backchannel, where none heard a
+      command, resumes;
     - when a decision falls due while a reading is under way
       (:attr:`Overlap.reading_since`), the rule waits for it, up to ``reading_wait_s``
       after the reading began: the agent is paused meanwhile, so waiting costs silence
@@ -220,6 +231,7 @@ class RuleDecider:
     voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
     reading_wait_s: float = 0.4
+    early_resume_readings: int = 3
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
 
@@ -233,6 +245,9 @@ class RuleDecider:
             commands = [c for r in overlap.early_readings[-2:] if (c := self._command(r))]
             if len(commands) == 2:
                 return Decision("commit", "spotted:" + commands[-1])
+            if self._heard_backchannel_early(overlap):
+                heard = normalize_words(overlap.early_readings[-1])
+                return Decision("resume", "spotted early:" + " ".join(heard))
             if (
                 now >= self._duration_due(overlap)
                 and now - overlap.last_voiced_at <= self.voiced_gap_s
@@ -260,6 +275,13 @@ class RuleDecider:
             # An open vocabulary turns "okay" into "look i" and "sure" into "sheriff";
             # the spotter, choosing among a few phrases, hears the backchannel.
             return Decision("resume", "spotted:" + " ".join(spotted))
+        if not spotted and len(words) <= 2 and overlap.early_readings:
+            # The last reading gave no answer ("Come on!" for "Cool."): one of the sound
+            # so far that heard a backchannel, where none heard a command, outweighs the
+            # open recogniser's mishearing of a word or two (more is a sentence).
+            late = self._backchannel(overlap.early_readings[-1])
+            if late is not None and not any(self._command(r) for r in overlap.early_readings):
+                return Decision("resume", "spotted early:" + late)
         return Decision("commit", "words:" + " ".join(words))
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:
@@ -281,6 +303,22 @@ class RuleDecider:
         """The reading as a command ("" words or backchannels only: None)."""
         words = normalize_words(reading)
         if not words or only_backchannel(words, self.backchannel_phrases):
+            return None
+        return " ".join(words)
+
+    def _heard_backchannel_early(self, overlap: Overlap) -> bool:
+        """The last ``early_resume_readings`` readings all heard one backchannel, each
+        the one before or more of it ("oh", then "oh right")."""
+        n = self.early_resume_readings
+        if n < 1 or len(overlap.early_readings) < n:
+            return False
+        heard = [f"{h} " for r in overlap.early_readings[-n:] if (h := self._backchannel(r))]
+        return len(heard) == n and all(b.startswith(a) for a, b in pairwise(heard))
+
+    def _backchannel(self, reading: tuple[str, ...]) -> str | None:
+        """The reading as a backchannel (no words, or any other word: None)."""
+        words = normalize_words(reading)
+        if not words or not only_backchannel(words, self.backchannel_phrases):
             return None
         return " ".join(words)
 

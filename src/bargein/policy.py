@@ -25,7 +25,9 @@ The six steps of an interruption, all in :meth:`FloorPolicy._on_speech_started`,
 4. commit: flush output, cancel the reply (LLM and TTS together), truncate the assistant
    message to what was played; then 6. yield the floor (YIELDED) until the user's turn
    ends, and start the next reply under the session's restart policy;
-5. resume: continue the paused audio from the exact sample it stopped at.
+5. resume: continue the paused audio from the exact sample it stopped at. A resume while
+   the sound still goes on (the decider heard an "okay" in it) keeps listening to it: if
+   the sound turns out to be more, tier 1 pauses again and tier 2 decides on all of it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bargein.decider import Decider, FeatureVector, FrameInfo, Overlap, RuleDecider
+from bargein.decider import Decider, Decision, FeatureVector, FrameInfo, Overlap, RuleDecider
 from bargein.turn_end import SilenceRule
 
 RestartPolicy = Literal["restart", "respond", "resume"]
@@ -400,6 +402,10 @@ class FloorPolicy:
         self._next_reply_id = 1
         self._played = 0
         self._overlap: Overlap | None = None
+        """The overlap whose evidence still counts: tier 2's while TENTATIVE; in SPEAKING or
+        THINKING, one it resumed from while the sound went on (watched since
+        ``_watched_since``)."""
+        self._watched_since = float("-inf")
         self._record: InterruptionRecord | None = None
         self._turn = _UserTurn()
         self._pending_mode: ReplyMode = "turn"
@@ -452,7 +458,7 @@ class FloorPolicy:
 
     def next_deadline(self) -> float | None:
         """When the caller should send a :class:`Tick` even if nothing else happens."""
-        if self.state is Floor.TENTATIVE and self._overlap is not None:
+        if self._overlap is not None:
             return self.decider.deadline(self._overlap, self._now)
         if self.state is Floor.PREPARING and self._turn.ended_at is not None:
             return self._turn.ended_at + self._turn_silence()
@@ -461,6 +467,12 @@ class FloorPolicy:
                 return self._turn.ended_at + self.config.final_wait_s
             return self._turn.ended_at + self._turn_silence()
         return None
+
+    @property
+    def overlap_open(self) -> bool:
+        """Whether evidence about a sound over the agent still counts: tier 2 is deciding
+        about it, or watching one it resumed over while it went on."""
+        return self._overlap is not None
 
     @property
     def user_speaking(self) -> bool:
@@ -526,6 +538,7 @@ class FloorPolicy:
             self._overlap.speech_active = True
             self._overlap.speech_ended_at = None
             return self._decide(event.at)
+        self._overlap = None  # a watched sound ended before this one: a new onset
         if self.state is Floor.PREPARING:
             return self._user_went_on()
         if self.state not in (Floor.THINKING, Floor.SPEAKING):
@@ -554,7 +567,7 @@ class FloorPolicy:
         self._turn.speaking = False
         self._turn.ended_at = event.at
         self._turn.awaiting_final = True
-        if self.state is Floor.TENTATIVE and self._overlap is not None:
+        if self._overlap is not None:
             self._overlap.speech_active = False
             self._overlap.speech_ended_at = event.at
             return self._decide(event.at)
@@ -564,9 +577,9 @@ class FloorPolicy:
         if event.features is not None:
             frame = FrameInfo(event.at, event.probability, event.features)
             self._recent.append(frame)
-            if self.state is Floor.TENTATIVE and self._overlap is not None:
+            if self._overlap is not None:
                 self._overlap.frames.append(frame)
-        if self.state is not Floor.TENTATIVE or self._overlap is None:
+        if self._overlap is None:
             return []
         if event.probability >= self.config.voiced_threshold:
             self._overlap.last_voiced_at = event.at
@@ -579,13 +592,15 @@ class FloorPolicy:
             self._turn.awaiting_final = False
         else:
             self._turn.utterance_words = event.words
-        if self.state is Floor.TENTATIVE and self._overlap is not None:
+        if self._overlap is not None:
             if event.final:
                 self._overlap.final_words = event.words
                 self._overlap.second_opinion = event.second_opinion
                 self._overlap.reading_since = None
             else:
                 self._overlap.partials.append((event.at, event.words))
+            if self.state is not Floor.TENTATIVE:
+                self._forget_overlap_words()
             return self._decide(event.at)
         if self.state in (Floor.LISTENING, Floor.YIELDED):
             return self._maybe_turn_end(event.at)
@@ -593,10 +608,13 @@ class FloorPolicy:
             return []  # the turn's words are already in the held reply
         # THINKING or SPEAKING: the words belong to an overlap tier 2 already resumed
         # from; they are not the user's turn.
+        self._forget_overlap_words()
+        return []
+
+    def _forget_overlap_words(self) -> None:
         self._turn.words.clear()
         self._turn.utterance_words = ()
         self._turn.utterances.clear()
-        return []
 
     def _on_reading_started(self, event: ReadingStarted) -> list[Action]:
         overlap = self._reading_overlap(event.utterance)
@@ -621,13 +639,14 @@ class FloorPolicy:
         return []
 
     def _reading_overlap(self, utterance: int) -> Overlap | None:
-        """The overlap tier 2 is deciding about, if a reading of ``utterance`` concerns it."""
-        if self.state is not Floor.TENTATIVE or utterance != self._utterance:
+        """The overlap tier 2 is deciding about or watching, if a reading of ``utterance``
+        concerns it."""
+        if utterance != self._utterance:
             return None
         return self._overlap
 
     def _on_tick(self, now: float) -> list[Action]:
-        if self.state is Floor.TENTATIVE:
+        if self._overlap is not None:
             return self._decide(now)
         if self.state in (Floor.LISTENING, Floor.YIELDED, Floor.PREPARING):
             return self._maybe_turn_end(now)
@@ -636,8 +655,11 @@ class FloorPolicy:
     # -- step 3: tier 2 -----------------------------------------------------------------
 
     def _decide(self, now: float) -> list[Action]:
-        assert self._overlap is not None and self._record is not None
+        assert self._overlap is not None
         decision = self.decider.decide(self._overlap, now)
+        if self.state is not Floor.TENTATIVE:
+            return self._recheck(now, decision)
+        assert self._record is not None
         if decision is None:
             return []
         record = self._record
@@ -651,7 +673,37 @@ class FloorPolicy:
         self._record = None
         if decision.kind == "commit":
             return self._commit(now, record, overlap)
+        if overlap.speech_active:
+            # Resumed while the sound goes on ("okay" heard in it): keep listening to it.
+            self._overlap, self._watched_since = overlap, now
         return self._resume(now, record)
+
+    def _recheck(self, now: float, decision: Decision | None) -> list[Action]:
+        """A watched sound brought new evidence; the agent is playing meanwhile.
+
+        The sound ending as the decider said closes the watch. Voice going on that the
+        decider is no longer sure of, or a commit, is a new tier 1: the agent pauses again,
+        and tier 2 decides on the whole sound as at any onset.
+        """
+        overlap = self._overlap
+        assert overlap is not None and self.reply_id is not None
+        if decision is not None and decision.kind == "resume":
+            if not overlap.speech_active:
+                self._overlap = None
+            return []
+        if decision is None and (
+            not overlap.speech_active or overlap.last_voiced_at <= self._watched_since
+        ):
+            return []  # over and its final words awaited, or no voice since the resume
+        audible = self.state is Floor.SPEAKING
+        self._go("user speech")
+        tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
+        self._record = InterruptionRecord(self.reply_id, overlap.onset_at, tier1, now)
+        self.interruptions.append(self._record)
+        action: Action = (
+            DuckOutput(self.reply_id) if tier1 == "duck" else PauseOutput(self.reply_id)
+        )
+        return [action, *self._decide(now)]
 
     # -- step 4 and 6: commit, then yield the floor -------------------------------------
 
@@ -725,8 +777,8 @@ class FloorPolicy:
             self._record.decision = "resume"
             self._record.reason = "reply-finished"
             self._record.decided_at = self._now
-            self._overlap = None
             self._record = None
+        self._overlap = None  # a watched sound, if any, outlived the reply
         self._go("reply complete")
         self.reply_id = None
         return [ReplyFinished(reply_id)]

@@ -419,8 +419,8 @@ class Session:
         at = self.now()
         self._preroll.append(frame)
         probability = self.vad.probability(frame)
-        deciding = self.policy.state is Floor.TENTATIVE
-        change = self.segmenter.push(at, probability, _OVERLAP_END_SILENCE_S if deciding else None)
+        overlap = self.policy.overlap_open
+        change = self.segmenter.push(at, probability, _OVERLAP_END_SILENCE_S if overlap else None)
         features = frame_features(frame) if self._features else None
         self._handle(VoiceActivity(at, probability, features))
         if isinstance(change, SpeechStarted):
@@ -563,7 +563,7 @@ class Session:
     def _spot(self, frame: FloatAudio, at: float) -> None:
         if not self._spotting or self.second_opinion is None:
             return
-        if self.policy.state is not Floor.TENTATIVE:
+        if not self.policy.overlap_open:
             # Decided already: the reading is no longer wanted. Close the utterance
             # without doing a slow reader's work.
             self._spotting = False

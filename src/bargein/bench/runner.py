@@ -252,6 +252,10 @@ def _measure(
         (r for r in records if onset is None or r.onset_at - origin >= onset - ONSET_SLACK_S),
         records[0] if records else None,
     )
+    if own is not None:
+        # A sound tier 2 resumed over while it went on, and then paused for again, is one
+        # overlap with two records: its decision is the last one.
+        own = [r for r in records if r.onset_at == own.onset_at][-1]
     decision_ms = None
     if own is not None and own.decided_at is not None and onset is not None:
         decision_ms = (own.decided_at - origin - onset) * 1000
