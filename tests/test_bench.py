@@ -248,3 +248,26 @@ def test_the_demo_command_benchmarks_the_built_in_set(
     assert cli_main(["bench-demo", "--dest", str(scenario_dir), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["scenarios"]
     assert "barge_in" in capsys.readouterr().out
+
+
+def test_results_say_when_auto_started_its_canceller(tmp_path: Path) -> None:
+    """A late tier 1 is worth checking against a canceller started where there is no echo;
+    the results carry when ``--echo auto`` started one, on the scenario's timeline."""
+    room = {"gain_db": -6, "delay_ms": 150, "reverb_s": 0.7}
+    for name, echo in (("room", room), ("headset", None)):
+        doc = {
+            "format": "bargein-scenario/1",
+            "name": name,
+            "kind": "echo",
+            "expect": "continue",
+            "agent_text": AGENT,
+            "events": [],
+            "echo": echo,
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    results = run_set(tmp_path, stack=stack(), options=RunOptions(echo="auto"), progress=False)
+    by_name = {s["name"]: s for s in results["scenarios"]}
+    assert by_name["headset"]["canceller_started_s"] is None
+    started = by_name["room"]["canceller_started_s"]
+    # The agent starts at 0.35 s; the verdict needs its echo to have sounded a while.
+    assert started is not None and 0.45 < started < 5.0

@@ -289,8 +289,18 @@ def _measure(
         "preemptive_discarded": sum(1 for v in preemptions.values() if v == "discarded"),
         **user_turn_fields(scenario, _last_user_turn(session), interrupted),
         "timeline": [_relative(r.as_dict(), origin) for r in session.timeline],
+        "canceller_started_s": _canceller_started(session, origin),
         "errors": list(session.errors),
     }
+
+
+def _canceller_started(session: Session, origin: float) -> float | None:
+    """When ``--echo auto`` started its canceller, on the scenario's timeline (None: it
+    did not). A canceller started where there is no echo holds back the user's first
+    syllables, so a late tier 1 is worth checking against this."""
+    echo = session.echo
+    started = echo.canceller_started_at if echo is not None else None
+    return None if started is None else started - origin
 
 
 def _relative(record: dict[str, object], origin: float) -> dict[str, object]:
