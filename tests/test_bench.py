@@ -255,7 +255,7 @@ def test_results_say_when_auto_started_its_canceller(tmp_path: Path) -> None:
     the results carry when ``--echo auto`` started one, on the scenario's timeline."""
     room = {"gain_db": -6, "delay_ms": 150, "reverb_s": 0.7}
     for name, echo in (("room", room), ("headset", None)):
-        doc = {
+        doc: dict[str, Any] = {
             "format": "bargein-scenario/1",
             "name": name,
             "kind": "echo",
