@@ -664,3 +664,25 @@ def test_a_backchannel_read_early_outweighs_a_last_reading_with_no_answer() -> N
     overlap.early_readings = [("stop",), ("okay",)]
     decision = rule.decide(overlap, 1.5)
     assert decision is not None and (decision.kind, decision.reason) == ("commit", "words:q")
+
+
+def test_slow_readings_hear_the_sound_as_it_was_and_resume_nothing_early() -> None:
+    """On a busy machine a reading can take 0.3 s: three of "Oh," came back while the
+    user was saying "and what about the weekend". Once the agent has resumed, though, a
+    slow reading that still hears the backchannel keeps it going."""
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.3)
+    for start, end in ((1.3, 1.6), (1.6, 1.9), (1.9, 2.2)):
+        policy.handle(ReadingStarted(start, policy.utterance))
+        voice(policy, start, end)
+        assert policy.handle(Reading(end, policy.utterance, ("oh",))) == []
+    assert policy.state is Floor.TENTATIVE
+    # Quick readings resume; a slow one after that changes nothing.
+    policy = speaking_policy()
+    watched_okay(policy)
+    voice(policy, 1.45, 1.5)
+    policy.handle(ReadingStarted(1.5, policy.utterance))
+    assert voice(policy, 1.5, 1.9) == []
+    assert policy.handle(Reading(1.9, policy.utterance, ("okay", "okay"))) == []
+    assert voice(policy, 1.9, 2.0) == [] and policy.state is Floor.SPEAKING

@@ -63,6 +63,12 @@ class Overlap:
     backchannels or commands, or nothing."""
     early_readings: list[tuple[str, ...]] = field(default_factory=list)
     """The same recogniser's readings of the sound so far while it goes on, oldest first."""
+    last_read_took: float = 0.0
+    """How long the latest of :attr:`early_readings` took: it heard the sound as it was
+    that long before it came back."""
+    resumed_at: float | None = None
+    """When tier 2 resumed the agent while this sound went on (the policy keeps listening
+    to it); None: it has not."""
     reading_since: float | None = None
     """When the reading under way began (early or final); None: none is under way."""
 
@@ -214,7 +220,9 @@ class RuleDecider:
       The policy keeps listening to the sound, and pauses again if it turns out to be
       more. Readings that change their mind ("yes", then "good", for the first words of
       "Can you...") are a reader forced to choose, not a backchannel; and two that agree
-      were fooled by the first syllables of "Hang on" ("ha") and "And also" ("all right");
+      were fooled by the first syllables of "Hang on" ("ha") and "And also" ("all right").
+      The latest reading must have taken at most ``early_resume_fresh_s``: a slow one
+      heard the sound as it was;
     - when the last reading gives no answer and the open recogniser heard one or two
       other words, an earlier reading that heard a backchannel, where none heard a
       command, resumes;
@@ -232,6 +240,7 @@ class RuleDecider:
     final_wait_s: float = 0.3
     reading_wait_s: float = 0.4
     early_resume_readings: int = 3
+    early_resume_fresh_s: float = 0.25
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
 
@@ -311,6 +320,12 @@ class RuleDecider:
         the one before or more of it ("oh", then "oh right")."""
         n = self.early_resume_readings
         if n < 1 or len(overlap.early_readings) < n:
+            return False
+        if overlap.resumed_at is None and overlap.last_read_took > self.early_resume_fresh_s:
+            # A slow reading heard the sound as it was a while ago: on a busy machine
+            # three readings of "Oh," came back while the user was saying "and what
+            # about the weekend". (Once resumed, a slow one that still hears the
+            # backchannel keeps the agent going.)
             return False
         heard = [f"{h} " for r in overlap.early_readings[-n:] if (h := self._backchannel(r))]
         return len(heard) == n and all(b.startswith(a) for a, b in pairwise(heard))

@@ -403,9 +403,7 @@ class FloorPolicy:
         self._played = 0
         self._overlap: Overlap | None = None
         """The overlap whose evidence still counts: tier 2's while TENTATIVE; in SPEAKING or
-        THINKING, one it resumed from while the sound went on (watched since
-        ``_watched_since``)."""
-        self._watched_since = float("-inf")
+        THINKING, one it resumed from while the sound went on (since its ``resumed_at``)."""
         self._record: InterruptionRecord | None = None
         self._turn = _UserTurn()
         self._pending_mode: ReplyMode = "turn"
@@ -626,6 +624,8 @@ class FloorPolicy:
         overlap = self._reading_overlap(event.utterance)
         if overlap is None or not overlap.speech_active:
             return []  # decided, another utterance, or the sound ended: its final reading counts
+        if overlap.reading_since is not None:
+            overlap.last_read_took = event.at - overlap.reading_since
         overlap.reading_since = None
         overlap.early_readings.append(event.words)
         return self._decide(event.at)
@@ -675,7 +675,7 @@ class FloorPolicy:
             return self._commit(now, record, overlap)
         if overlap.speech_active:
             # Resumed while the sound goes on ("okay" heard in it): keep listening to it.
-            self._overlap, self._watched_since = overlap, now
+            self._overlap, overlap.resumed_at = overlap, now
         return self._resume(now, record)
 
     def _recheck(self, now: float, decision: Decision | None) -> list[Action]:
@@ -686,15 +686,17 @@ class FloorPolicy:
         and tier 2 decides on the whole sound as at any onset.
         """
         overlap = self._overlap
-        assert overlap is not None and self.reply_id is not None
+        assert overlap is not None and overlap.resumed_at is not None
+        assert self.reply_id is not None
         if decision is not None and decision.kind == "resume":
             if not overlap.speech_active:
                 self._overlap = None
             return []
         if decision is None and (
-            not overlap.speech_active or overlap.last_voiced_at <= self._watched_since
+            not overlap.speech_active or overlap.last_voiced_at <= overlap.resumed_at
         ):
             return []  # over and its final words awaited, or no voice since the resume
+        overlap.resumed_at = None
         audible = self.state is Floor.SPEAKING
         self._go("user speech")
         tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
