@@ -633,17 +633,21 @@ def test_without_early_resumes_the_rule_waits_for_the_end() -> None:
 
 def test_readings_that_change_their_mind_are_no_backchannel() -> None:
     """A reader forced to choose among phrases flails on the start of a sentence ("Can
-    you..." read as "yes", "good", "okay"); one that goes on ("oh", "oh right") agrees."""
+    you..." read as "yes", "good", "okay"); one that goes on ("right", "right okay")
+    agrees."""
     rule = RuleDecider()
     overlap = Overlap(onset_at=1.0, agent_audible=True, last_voiced_at=1.5)
     overlap.early_readings = [("yes",), ("good",), ("okay",)]
     assert rule.decide(overlap, 1.5) is None
-    overlap.early_readings = [("oh",), ("oh",), ("oh", "right")]
+    overlap.early_readings = [("right",), ("right",), ("right", "okay")]
     decision = rule.decide(overlap, 1.5)
     assert decision is not None and (decision.kind, decision.reason) == (
         "resume",
-        "spotted early:oh right",
+        "spotted early:right okay",
     )
+    # A hesitation opens bids as often as it is a backchannel: "Oh, and what about...".
+    overlap.early_readings = [("oh",), ("oh",), ("oh", "right")]
+    assert rule.decide(overlap, 1.5) is None
     overlap.early_readings = [("okay",), ("stop",), ("okay",)]
     assert rule.decide(overlap, 1.5) is None
 

@@ -731,17 +731,3 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
     # The second reading decides, on the frame it is asked on.
     assert record.decided_at is not None and record.decided_at < 1.6
     assert record.decided_at == pytest.approx(spotter.peeks[1], abs=1e-3)
-
-
-def test_no_reading_of_the_sound_so_far_starts_on_a_quiet_frame() -> None:
-    """A quiet frame may be the start of the sound's end; a reading started there would
-    hold up the final one. Here the voice stops for 100 ms (shorter than the hangover)
-    just when the first reading falls due, and the reading waits for it to come back."""
-    spotter = PeekingSpotter()
-    mumble: Utterance = ([(1.2, ("the",))], ("the", "top"))
-    session = deferred_session(spotter, mumble, [(1.0, 1.28), (1.38, 2.0)], until=4.0)
-    assert not session.errors
-    [record] = session.timeline  # one sound: the gap did not end it
-    assert record.onset_at + 0.3 < 1.38  # the first reading fell due inside the gap
-    assert spotter.peeks and spotter.peeks[0] >= 1.38
-    assert record.reason == "spotted:stop"

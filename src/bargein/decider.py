@@ -162,6 +162,12 @@ BACKCHANNEL_PHRASES: tuple[str, ...] = (
 )
 
 
+HESITATIONS: tuple[str, ...] = ("uh", "um", "ah", "oh", "ha", "hm", "hmm", "mm", "huh")
+"""Backchannels that also open a bid for the floor ("Oh, and...", "Um, can you..."), and
+that Whisper hears in the first syllables of others ("ha" for "Hang on"): heard early,
+they are not enough to resume while the sound goes on."""
+
+
 def normalize_words(words: Sequence[str]) -> tuple[str, ...]:
     """Lower-case, punctuation-free tokens; hyphenated words split ("uh-huh" -> uh, huh)."""
     out: list[str] = []
@@ -221,6 +227,8 @@ class RuleDecider:
       more. Readings that change their mind ("yes", then "good", for the first words of
       "Can you...") are a reader forced to choose, not a backchannel; and two that agree
       were fooled by the first syllables of "Hang on" ("ha") and "And also" ("all right").
+      Readings that begin with a hesitation (:data:`HESITATIONS`: "oh", "um", "ha"...)
+      never resume early: "Oh, and what about the weekend?" starts as one.
       The latest reading must have taken at most ``early_resume_fresh_s``: a slow one
       heard the sound as it was;
     - when the last reading gives no answer and the open recogniser heard one or two
@@ -328,7 +336,9 @@ class RuleDecider:
             # backchannel keeps the agent going.)
             return False
         heard = [f"{h} " for r in overlap.early_readings[-n:] if (h := self._backchannel(r))]
-        return len(heard) == n and all(b.startswith(a) for a, b in pairwise(heard))
+        if len(heard) < n or heard[0].split()[0] in HESITATIONS:
+            return False
+        return all(b.startswith(a) for a, b in pairwise(heard))
 
     def _backchannel(self, reading: tuple[str, ...]) -> str | None:
         """The reading as a backchannel (no words, or any other word: None)."""

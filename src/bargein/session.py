@@ -433,7 +433,7 @@ class Session:
             else:
                 self._catch_up(at)
                 words = self._recognize(self.recognizer.feed, frame)
-                self._spot(frame, at, voiced=probability >= self.segmenter.start_threshold)
+                self._spot(frame, at)
                 self._handle(Words(at, tuple(words)))
         if isinstance(change, SpeechEnded):
             final = tuple(self._recognize(self.recognizer.finish))
@@ -560,7 +560,7 @@ class Session:
                 self._spot(past, now)
         self._handle(Words(now, tuple(words)))
 
-    def _spot(self, frame: FloatAudio, at: float, *, voiced: bool = True) -> None:
+    def _spot(self, frame: FloatAudio, at: float) -> None:
         if not self._spotting or self.second_opinion is None:
             return
         if not self.policy.overlap_open:
@@ -571,17 +571,14 @@ class Session:
             self._recognize(later if later is not None else self.second_opinion.finish)
             return
         self._recognize(self.second_opinion.feed, frame)
-        if voiced:
-            self._peek(at)
+        self._peek(at)
 
     def _peek(self, now: float) -> None:
         """Start a reading of the overlap so far, if the second opinion offers one and it
         is time: a command can then commit before the user has finished saying it, and a
         long backchannel is known as one before the duration rule would take it for a bid.
         One reading at a time, from ``_PEEK_FIRST_S`` after the start and then every
-        ``_PEEK_EVERY_S``, on voiced frames only: on a quiet one the sound may be ending,
-        and a reading still under way then would hold up the final one (a reader reads
-        one clip at a time)."""
+        ``_PEEK_EVERY_S``."""
         peek = getattr(self.second_opinion, "peek_later", None)
         if peek is None or self._group is None or self._peeked_at is not None:
             return
