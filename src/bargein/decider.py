@@ -221,7 +221,7 @@ class RuleDecider:
       reading moves the duration commit out to ``backchannel_after_s``: "okay, okay" or
       a drawn-out "mm-hmm" can outlast ``commit_after_s``;
     - ``early_resume_readings`` readings in a row (0: never) that hear the same
-      backchannel, each the one before or more of it ("oh", then "oh right"), resume while
+      backchannel, each the one before or more of it ("right", then "right okay"), resume while
       the sound still goes on: the agent talks on over "okay, okay" as a person would.
       The policy keeps listening to the sound, and pauses again if it turns out to be
       more. Readings that change their mind ("yes", then "good", for the first words of
@@ -325,7 +325,8 @@ class RuleDecider:
 
     def _heard_backchannel_early(self, overlap: Overlap) -> bool:
         """The last ``early_resume_readings`` readings all heard one backchannel, each
-        the one before or more of it ("oh", then "oh right")."""
+        the one before or more of it ("right", then "right okay"), quickly enough to say
+        how the sound is now."""
         n = self.early_resume_readings
         if n < 1 or len(overlap.early_readings) < n:
             return False

@@ -14,8 +14,8 @@ Two detectors feed one segmenter:
 
 An end needs ``end_silence_s`` of frames under ``end_threshold``, so a breath between two
 words does not split an utterance. The caller may ask for a shorter end on any frame
-(:meth:`SpeechSegmenter.push`): while the agent is paused for a sound, every
-millisecond of hangover is silence the user hears. Everything here is pure and clock-free like the
+(:meth:`SpeechSegmenter.push`): while the agent is paused for a sound, every millisecond
+of hangover is silence the user hears. Everything here is pure and clock-free like the
 policy: the caller passes each block's timestamp.
 """
 
