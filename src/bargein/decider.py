@@ -349,8 +349,7 @@ class RuleDecider:
         return " ".join(words)
 
     def _duration_due(self, overlap: Overlap) -> float:
-        early = normalize_words(overlap.early_reading or ())
-        backchannel = bool(early) and only_backchannel(early, self.backchannel_phrases)
+        backchannel = self._backchannel(overlap.early_reading or ()) is not None
         return overlap.onset_at + (self.backchannel_after_s if backchannel else self.commit_after_s)
 
     def _interrupt_word(self, overlap: Overlap) -> str | None:
