@@ -320,6 +320,46 @@ def test_voice_after_the_canceller_started_still_interrupts() -> None:
     assert policy.interruptions[0].reason == "duration"
 
 
+def test_the_streaming_recognisers_words_from_before_the_canceller_are_dropped() -> None:
+    # The streaming recogniser goes on through the takeover: its hypotheses still begin
+    # with what it made of the echo, and only the words after those are the user's.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.1)
+    policy.handle(Words(1.097, ("the", "fall")))
+    policy.handle(EchoCancelled(1.1))
+    policy.handle(Words(1.2, ("the", "fall", "stop")))
+    overlap = policy._overlap
+    assert overlap is not None and overlap.echo_words == 2
+    assert overlap.latest_words == ("stop",)
+    policy.handle(Words(1.25, ("the", "fall", "stop")))
+    assert policy.interruptions[0].reason == "word:stop"
+    assert policy.interruptions[0].user_words == ("stop",)
+
+
+def test_one_or_two_words_made_of_the_cancellers_residue_do_not_commit() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.1)
+    policy.handle(EchoCancelled(1.1))
+    voice(policy, 1.1, 1.5)  # bursts the canceller let through
+    policy.handle(SpeechEnded(1.6))
+    assert policy.handle(Words(1.6, ("the", "paper"), final=True)) == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "echo residue:the paper"
+
+
+def test_a_sound_over_a_cancelled_echo_commits_on_a_sentence_not_on_a_word() -> None:
+    for words, decision in ((("cause",), "resume"), (("can", "you", "repeat"), "commit")):
+        policy = speaking_policy()
+        policy.handle(SpeechStarted(1.0, over_echo=True))
+        overlap = policy._overlap
+        assert overlap is not None and overlap.over_echo
+        voice(policy, 1.0, 1.5)
+        policy.handle(SpeechEnded(1.6))
+        policy.handle(Words(1.6, words, final=True))
+        assert policy.interruptions[0].decision == decision
+
+
 def test_a_canceller_starting_outside_an_overlap_changes_nothing() -> None:
     policy = speaking_policy()
     assert policy.handle(EchoCancelled(1.0)) == []

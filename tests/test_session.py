@@ -731,3 +731,56 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
     # The second reading decides, on the frame it is asked on.
     assert record.decided_at is not None and record.decided_at < 1.6
     assert record.decided_at == pytest.approx(spotter.peeks[1], abs=1e-3)
+
+
+class EchoReadingSpotter(DeferredSpotter):
+    """Reads the overlap so far: "the pay" while its audio holds the agent's echo, nothing
+    once it starts again on what the canceller lets through."""
+
+    def __init__(self) -> None:
+        super().__init__([([], ("the", "pay")), ([], ())])
+        self.starts: list[float] = []
+        self.peeks: list[float] = []
+
+    def start(self) -> None:
+        super().start()
+        self.starts.append(asyncio.get_running_loop().time())
+
+    def peek_later(self) -> Callable[[], Sequence[str]]:
+        self.peeks.append(asyncio.get_running_loop().time())
+        words: tuple[str, ...] = ("the", "pay") if self.index == 0 else ()
+        return lambda: words
+
+
+def test_the_reader_starts_again_when_the_canceller_takes_over_mid_sound() -> None:
+    """Tier 1 paused for an echo the gate could not explain; the canceller then took over
+    (``push_audio`` calls ``_echo_cancelled``). Readings of the audio from before hear the
+    agent's words: the reader starts again on the cancelled audio, on a fresh schedule."""
+    spotter = EchoReadingSpotter()
+
+    async def main() -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([([], ()), WHAT_ABOUT_TUESDAY]),
+            second_opinion=spotter,
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            asyncio.get_running_loop().call_at(1.42, session._echo_cancelled)
+            await drive(session, speaker, [(1.0, 1.6)], until=4.0)
+        return session
+
+    with asyncio.Runner(loop_factory=VirtualEventLoop) as runner:
+        session = runner.run(main())
+    assert not session.errors
+    assert len(spotter.starts) == 2 and spotter.starts[1] == pytest.approx(1.42, abs=0.02)
+    # One reading of the echo (on the first frame 0.3 s after the onset), then none until
+    # 0.3 s after the takeover: the second "the pay", which would have committed, is never
+    # read.
+    assert 1.3 <= spotter.peeks[0] < 1.42
+    assert all(p >= spotter.starts[1] + 0.3 - 1e-9 for p in spotter.peeks[1:])
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("resume", "no-words")

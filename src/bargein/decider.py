@@ -71,6 +71,13 @@ class Overlap:
     to it); None: it has not."""
     reading_since: float | None = None
     """When the reading under way began (early or final); None: none is under way."""
+    over_echo: bool = False
+    """The sound began over an echo of the agent that the canceller was removing, or the
+    canceller took over while it went on (it began as an echo the gate could not
+    explain): what the canceller leaves of the agent's voice may be all it is."""
+    echo_words: int = 0
+    """How many leading words of the streaming recogniser's hypotheses were heard before
+    the echo canceller took over: the agent's echo, not the user (they are dropped)."""
 
     @property
     def early_reading(self) -> tuple[str, ...] | None:
@@ -234,6 +241,8 @@ class RuleDecider:
     - when the last reading gives no answer and the open recogniser heard one or two
       other words, an earlier reading that heard a backchannel, where none heard a
       command, resumes;
+    - a sound over an echo the canceller is removing (:attr:`Overlap.over_echo`) does
+      not commit on one or two open words alone;
     - when a decision falls due while a reading is under way
       (:attr:`Overlap.reading_since`), the rule waits for it, up to ``reading_wait_s``
       after the reading began: the agent is paused meanwhile, so waiting costs silence
@@ -299,6 +308,12 @@ class RuleDecider:
             late = self._backchannel(overlap.early_readings[-1])
             if late is not None and not any(self._command(r) for r in overlap.early_readings):
                 return Decision("resume", "spotted early:" + late)
+        if overlap.over_echo and len(words) <= 2:
+            # In a reverberant room the canceller lets bursts of the agent's voice
+            # through, most of all in its first seconds, and the open recogniser makes a
+            # word or two of them ("the paper" for "the pancakes"). A user's bid over the
+            # agent is a command the reader spots, or a longer sentence.
+            return Decision("resume", "echo residue:" + " ".join(words))
         return Decision("commit", "words:" + " ".join(words))
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:

@@ -507,6 +507,10 @@ class EchoControl:
         """
         return self.canceller_started_at is not None and not self._idle(at)
 
+    def removing(self, at: float) -> bool:
+        """A canceller runs (in any mode), and the agent's echo may still sound at ``at``."""
+        return self.canceller is not None and not self._idle(at)
+
     def _below_gate_floor(self, samples: FloatAudio) -> bool:
         """Whole blocks, none above the gate's floor, and no canceller that must adapt."""
         if self.gate is None or self.canceller is not None or len(self._pending):

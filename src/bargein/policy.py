@@ -71,6 +71,9 @@ class SpeechStarted:
     voiced: bool = True
     context: str = ""
     """What the agent had said by then (see :attr:`~bargein.decider.Overlap.agent_context`)."""
+    over_echo: bool = False
+    """An echo canceller was removing the agent's echo then (see
+    :attr:`~bargein.decider.Overlap.over_echo`)."""
 
 
 @dataclass(frozen=True)
@@ -550,6 +553,7 @@ class FloorPolicy:
             last_voiced_at=event.at if event.voiced else float("-inf"),
             frames=[f for f in self._recent if f.at > event.at - 0.07],
             agent_context=event.context,
+            over_echo=event.over_echo,
         )
         tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
         self._record = InterruptionRecord(self.reply_id, event.at, tier1, event.at)
@@ -584,19 +588,21 @@ class FloorPolicy:
         return self._decide(event.at)
 
     def _on_words(self, event: Words) -> list[Action]:
+        # Words heard before the echo canceller took over were the agent's own.
+        words = event.words[self._overlap.echo_words :] if self._overlap else event.words
         if event.final:
-            self._turn.words.extend(event.words)
+            self._turn.words.extend(words)
             self._turn.utterance_words = ()
             self._turn.awaiting_final = False
         else:
-            self._turn.utterance_words = event.words
+            self._turn.utterance_words = words
         if self._overlap is not None:
             if event.final:
-                self._overlap.final_words = event.words
+                self._overlap.final_words = words
                 self._overlap.second_opinion = event.second_opinion
                 self._overlap.reading_since = None
             else:
-                self._overlap.partials.append((event.at, event.words))
+                self._overlap.partials.append((event.at, words))
             if self.state is not Floor.TENTATIVE:
                 self._forget_overlap_words()
             return self._decide(event.at)
@@ -634,6 +640,8 @@ class FloorPolicy:
         if self.state is Floor.TENTATIVE and self._overlap is not None:
             overlap = self._overlap
             overlap.last_voiced_at = float("-inf")
+            overlap.over_echo = True
+            overlap.echo_words += len(overlap.latest_words)
             overlap.partials.clear()
             overlap.early_readings.clear()
         return []

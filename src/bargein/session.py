@@ -332,10 +332,7 @@ class Session:
             cancelling = self.echo.canceller is not None
             samples = self.echo.process(samples, captured)
             if not cancelling and self.echo.canceller is not None:
-                # What the VAD remembers (Silero's state) is of the echo: start it afresh
-                # on the cancelled audio, and tell tier 2 that the voice so far was not.
-                self.vad.reset()
-                self._handle(EchoCancelled(self.now()))
+                self._echo_cancelled()
         loud = self.gate is not None and self.gate.push(samples)
         if loud and (self.echo is None or not self.echo.cancelling(captured)):
             # (A room's echo, cancelled, leaves a residue in sudden bursts: over it, the
@@ -348,6 +345,30 @@ class Session:
         while len(self._pending) >= size:
             frame, self._pending = self._pending[:size], self._pending[size:]
             self._process_frame(frame)
+
+    def _echo_cancelled(self) -> None:
+        """The canceller has just taken over: what was heard until now was the agent's echo.
+
+        Silero's state is of that echo, and so is the audio the Whisper reader and the
+        turn's transcript hold: each starts afresh on the cancelled audio. Read together
+        with the echo, the canceller's first residue ("the pay" for "the pancakes") can
+        look like a bid; read alone, the cancelled audio is what the user said, if
+        anything. (The streaming recogniser goes on: ending its utterance costs a final
+        search, a fifth of a second on the event loop. Tier 2 drops the words it had.)
+        """
+        now = self.now()
+        self.vad.reset()
+        self._handle(EchoCancelled(now))
+        if not self.segmenter.active:
+            return
+        if self._utterance in self._utterance_audio:
+            self._utterance_audio[self._utterance] = []
+        if self._backlog is not None:
+            self._backlog = []  # the recognisers start after this, on the cancelled audio
+            return
+        if self._spotting and self.second_opinion is not None:
+            self._recognize(self.second_opinion.start)
+            self._spot_started_at, self._last_peek = now, float("-inf")
 
     def _captured(self, n: int) -> float:
         """When the end of these ``n`` new samples was captured: the microphone's own clock.
@@ -528,7 +549,8 @@ class Session:
             self._utterance_audio[self._utterance] = list(self._preroll)
             for old in [u for u in self._utterance_audio if u < self._utterance - 20]:
                 del self._utterance_audio[old]  # a turn never spans that many
-        self._handle(replace(start, context=self._agent_context()))
+        over_echo = self.echo is not None and self.echo.removing(start.at)
+        self._handle(replace(start, context=self._agent_context(), over_echo=over_echo))
         # Tier 1 has acted. The recogniser's catch-up on the pre-roll costs tens of
         # milliseconds of CPU, so it waits one turn of the event loop: the transport
         # sends the pause first, instead of after the recogniser.
@@ -588,9 +610,13 @@ class Session:
         if callable(work):
             self._peeked_at = self._last_peek = now
             self._handle(ReadingStarted(now, self.policy.utterance))
-            self._group.create_task(self._early_reading(self.policy.utterance, work))
+            self._group.create_task(
+                self._early_reading(self.policy.utterance, self._spot_started_at, work)
+            )
 
-    async def _early_reading(self, utterance: int, work: Callable[[], Sequence[str]]) -> None:
+    async def _early_reading(
+        self, utterance: int, since: float, work: Callable[[], Sequence[str]]
+    ) -> None:
         try:
             words = tuple(await run_blocking(work))
         except Exception as exc:
@@ -598,6 +624,8 @@ class Session:
             return
         finally:
             self._peeked_at = None
+        if since != self._spot_started_at:
+            return  # a reading of audio the reader has since dropped (the echo's)
         self._handle(Reading(self.now(), utterance, words))
 
     def _spotted(self) -> tuple[str, ...] | None:
