@@ -96,8 +96,15 @@ silence inserted into the agent's speech when the sound was an "uh-huh". Ending 
 split "Wait, ..." at its comma; the rest is then a new onset, and tier 1 pauses the agent
 again."""
 _MIC_GAP_S: Final = 0.25
-"""Microphone audio arriving this much later than its capture clock says, for this long,
-was not late but missing: the capture clock starts again from its arrival."""
+"""Microphone audio arriving this much later than its capture clock says, for
+``_MIC_GAP_HOLD_S``, was not late but missing: the capture clock starts again from its
+arrival."""
+_MIC_GAP_HOLD_S: Final = 2.0
+"""How long audio must keep arriving a gap late before the capture clock gives up on it.
+A loaded machine (three sessions on two cores) falls behind by half a second for a few
+hundred milliseconds at a time and then catches up; taken for gaps, each time moved the
+microphone against the echo reference by that half second, and the agent's echo, out of
+the gate's reach, interrupted it."""
 
 
 class AudioFormatError(ValueError):
@@ -379,7 +386,7 @@ class Session:
         arrival, an echo would seem to move by each push's lateness, and no echo path
         explains that. The clock is anchored on the earliest arrival (audio cannot arrive
         before it was captured). Audio that keeps arriving much later than its capture
-        clock says, for longer than a stall's catch-up burst would take, was lost or
+        clock says, for much longer than a busy machine takes to catch up, was lost or
         withheld (a gap): the clock is then anchored afresh.
         """
         now = self.now()
@@ -393,7 +400,7 @@ class Session:
         elif self._mic_late_since is None:
             self._mic_late_since = now
         if late < 0.0 or (
-            self._mic_late_since is not None and now - self._mic_late_since >= _MIC_GAP_S
+            self._mic_late_since is not None and now - self._mic_late_since >= _MIC_GAP_HOLD_S
         ):
             self._mic_origin, self._mic_late_since = now - span, None
             return now
