@@ -327,10 +327,12 @@ def test_the_streaming_recognisers_words_from_before_the_canceller_are_dropped()
     policy.handle(SpeechStarted(1.0))
     voice(policy, 1.0, 1.1)
     policy.handle(Words(1.097, ("the", "fall")))
+    policy.handle(ReadingStarted(1.098, policy.utterance))
     policy.handle(EchoCancelled(1.1))
     policy.handle(Words(1.2, ("the", "fall", "stop")))
     overlap = policy._overlap
     assert overlap is not None and overlap.echo_words == 2
+    assert overlap.reading_since is None  # that reading, of the echo, never comes
     assert overlap.latest_words == ("stop",)
     policy.handle(Words(1.25, ("the", "fall", "stop")))
     assert policy.interruptions[0].reason == "word:stop"

@@ -644,6 +644,7 @@ class FloorPolicy:
             overlap.echo_words += len(overlap.latest_words)
             overlap.partials.clear()
             overlap.early_readings.clear()
+            overlap.reading_since = None  # the session drops a reading under way of the echo
         return []
 
     def _reading_overlap(self, utterance: int) -> Overlap | None:
