@@ -784,3 +784,66 @@ def test_the_reader_starts_again_when_the_canceller_takes_over_mid_sound() -> No
     assert all(p >= spotter.starts[1] + 0.3 - 1e-9 for p in spotter.peeks[1:])
     record = session.timeline[0]
     assert (record.decision, record.reason) == ("resume", "no-words")
+
+
+class GatedStream:
+    """An LLM stream that produces its next token when the test opens the gate."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+        self.emitted_at: list[float] = []
+
+    def __aiter__(self) -> GatedStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if len(self.emitted_at) >= 3:
+            raise StopAsyncIteration
+        await self.gate.wait()
+        self.gate.clear()
+        self.emitted_at.append(asyncio.get_running_loop().time())
+        return "word "
+
+    async def aclose(self) -> None:
+        pass
+
+    def tokens_after(self, t: float) -> int:
+        return sum(1 for at in self.emitted_at if at > t)
+
+
+class GatedLLM:
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def stream(self, messages: Sequence[object], tools: Sequence[object] = ()) -> GatedStream:
+        return GatedStream(self.gate)
+
+
+def test_a_cancelled_reply_takes_no_llm_token_that_was_already_due() -> None:
+    """The LLM's next token is due (its task will run on the next loop turn) when the
+    reply is cancelled. The reply's task group would cancel that task only when the
+    reply's own task next ran, after it: on a clock that moves while the loop works,
+    the token came after the cancel. The cancel reaches the LLM task directly."""
+    llm = GatedLLM()
+
+    async def main() -> Session:
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([]),
+            llm=llm,
+            tts=WordTTS(),
+            sink=LoggingSpeaker([]),
+        )
+        async with session:
+            session.request_reply()
+            await asyncio.sleep(0.1)
+            llm.gate.set()  # the token is due...
+            session._cancel(1)  # ...and the user has the floor, in the same loop turn
+            await asyncio.sleep(0.1)
+        return session
+
+    with asyncio.Runner(loop_factory=CreepingLoop) as runner:
+        session = runner.run(main())
+    reply = session.replies[1]
+    assert reply.cancelled_at is not None and reply.settled
+    assert reply.tokens_after_cancel == 0 and reply.tokens == 0

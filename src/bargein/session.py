@@ -155,6 +155,8 @@ class Reply:
     cancelled_at: float | None = None
     error: str | None = None
     task: asyncio.Task[None] | None = None
+    parts: list[asyncio.Task[None]] = field(default_factory=list)
+    """The reply's LLM and TTS tasks, in :attr:`task`'s task group."""
     streams: list[AsyncIterator[str | ToolCall]] = field(default_factory=list)
     """One LLM stream per round; a reply that calls tools has several."""
     settled: bool = False
@@ -824,6 +826,10 @@ class Session:
             reply.cancelled_at = self.now()
         if reply.task is not None and not reply.task.done():
             reply.task.cancel()  # _run_reply settles the ledger once the group has unwound
+            # The group would cancel its tasks only when the reply's task next runs, a
+            # loop turn later: an LLM token due in that turn would still come.
+            for part in reply.parts:
+                part.cancel()
         else:
             self._settle_cancel(reply)
 
@@ -898,8 +904,10 @@ class Session:
             messages = self._llm_input(reply, action)
             async with asyncio.TaskGroup() as group:
                 sentences: asyncio.Queue[str | None] = asyncio.Queue()
-                group.create_task(self._generate(reply, messages, sentences))
-                group.create_task(self._voice(reply, sentences))
+                reply.parts = [
+                    group.create_task(self._generate(reply, messages, sentences)),
+                    group.create_task(self._voice(reply, sentences)),
+                ]
         except asyncio.CancelledError:
             self._settle_cancel(reply)
             raise
