@@ -431,9 +431,10 @@ def test_the_echo_control_gets_the_microphones_capture_time_not_its_arrival_time
     frame = 320  # 20 ms
     # When each 20 ms piece arrives, in seconds after its nominal capture end:
     # jitter; a 0.3 s stall whose pieces then arrive in one burst; a loaded machine half a
-    # second behind for 1.2 s, catching up; steady again; then 0.6 s of audio that never
-    # comes (a gap), after which the pieces keep coming late.
-    n = 300
+    # second behind for 1.2 s, catching up; an overloaded one falling further and further
+    # behind for 3 s, then catching up; steady again; then 0.6 s of audio that never comes
+    # (a gap), after which the pieces keep coming late.
+    n, gap_at = 500, 260
     arrivals = [0.02 * (k + 1) for k in range(n)]
     for k, lateness in enumerate([0.0, 0.013, 0.002, 0.031, 0.0, 0.012]):
         arrivals[k] += lateness
@@ -441,9 +442,11 @@ def test_the_echo_control_gets_the_microphones_capture_time_not_its_arrival_time
         arrivals[k] = 0.42  # the stall: pieces 6-20 (captured by 0.14-0.42 s) at 0.42 s
     for k in range(30, 90):
         arrivals[k] += 0.5 - 0.4 * (k - 30) / 60  # behind by 0.5 s, catching up
+    for k in range(100, 250):
+        arrivals[k] += 0.3 + 1.2 * (k - 100) / 150  # behind by 0.3 s, then up to 1.5 s
     gap = 0.6
-    for k in range(100, n):
-        arrivals[k] += gap  # piece 100 on: each 0.6 s late
+    for k in range(gap_at, n):
+        arrivals[k] += gap  # piece 260 on: each 0.6 s late
 
     async def main() -> None:
         async with session:
@@ -456,11 +459,13 @@ def test_the_echo_control_gets_the_microphones_capture_time_not_its_arrival_time
     t0 = stamps[0] - 0.02
     # Jitter and the stall's burst: the capture clock, exactly (the first push defined it).
     capture = [t0 + 0.02 * (k + 1) for k in range(n)]
-    assert stamps[:100] == pytest.approx(capture[:100], abs=1e-9)
-    # The gap: late pieces keep their capture times until they have been a gap late for
-    # 2 s; then the clock starts again from the arrival, and runs on from there.
-    anchored = [k for k in range(100, n) if stamps[k] != pytest.approx(capture[k], abs=1e-9)]
-    assert anchored and arrivals[anchored[0]] - arrivals[100] >= 2.0
+    assert stamps[:gap_at] == pytest.approx(capture[:gap_at], abs=1e-9)
+    # The gap: late pieces keep their capture times until they have been a gap late, by
+    # the same amount, for 2 s; then the clock starts again from the arrival, and runs on
+    # from there.
+    late = range(gap_at, n)
+    anchored = [k for k in late if stamps[k] != pytest.approx(capture[k], abs=1e-9)]
+    assert anchored and arrivals[anchored[0]] - arrivals[gap_at] >= 2.0
     first = anchored[0]
     assert stamps[first] == pytest.approx(t0 + arrivals[first], abs=1e-9)
     for k in range(first + 1, n):

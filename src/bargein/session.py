@@ -105,6 +105,9 @@ A loaded machine (three sessions on two cores) falls behind by half a second for
 hundred milliseconds at a time and then catches up; taken for gaps, each time moved the
 microphone against the echo reference by that half second, and the agent's echo, out of
 the gate's reach, interrupted it."""
+_MIC_GAP_STEADY_S: Final = 0.1
+"""A gap's lateness moves by less than this over the hold: audio after it arrives at the
+rate it is captured. An overloaded machine's moves by more (up to 1.7 s seen)."""
 
 
 class AudioFormatError(ValueError):
@@ -264,7 +267,9 @@ class Session:
         )
         self._mic_origin: float | None = None  # clock time of the microphone's sample 0
         self._mic_samples = 0
-        self._mic_late_since: float | None = None  # since when audio arrives a gap late
+        # Since when audio has arrived a gap late, and by how much at least and at most.
+        self._mic_late_since: float | None = None
+        self._mic_late_range = (0.0, 0.0)
         self.conversation = Conversation()
         if self.config.system_prompt is not None:
             self.conversation.system_prompt = self.config.system_prompt
@@ -388,8 +393,9 @@ class Session:
         arrival, an echo would seem to move by each push's lateness, and no echo path
         explains that. The clock is anchored on the earliest arrival (audio cannot arrive
         before it was captured). Audio that keeps arriving much later than its capture
-        clock says, for much longer than a busy machine takes to catch up, was lost or
-        withheld (a gap): the clock is then anchored afresh.
+        clock says, by the same amount, for much longer than a busy machine takes to
+        catch up, was lost or withheld (a gap): the clock is then anchored afresh. An
+        overloaded machine's lateness grows and shrinks; a gap's stays what it was.
         """
         now = self.now()
         self._mic_samples += n
@@ -397,10 +403,14 @@ class Session:
         if self._mic_origin is None:
             self._mic_origin = now - span
         late = now - (self._mic_origin + span)
+        low, high = min(self._mic_late_range[0], late), max(self._mic_late_range[1], late)
         if late <= _MIC_GAP_S:
             self._mic_late_since = None
-        elif self._mic_late_since is None:
-            self._mic_late_since = now
+        elif self._mic_late_since is None or high - low > _MIC_GAP_STEADY_S:
+            # Lateness that moves is a machine or a network falling behind and catching
+            # up, not a gap: watch afresh from here.
+            self._mic_late_since, low, high = now, late, late
+        self._mic_late_range = (low, high)
         if late < 0.0 or (
             self._mic_late_since is not None and now - self._mic_late_since >= _MIC_GAP_HOLD_S
         ):
