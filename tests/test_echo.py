@@ -470,3 +470,19 @@ def test_the_echo_control_gets_the_microphones_capture_time_not_its_arrival_time
     assert stamps[first] == pytest.approx(t0 + arrivals[first], abs=1e-9)
     for k in range(first + 1, n):
         assert stamps[k] == pytest.approx(stamps[k - 1] + 0.02, abs=1e-9)
+
+
+def test_auto_takes_a_headset_call_for_one_once_the_agent_played_to_a_silent_microphone() -> None:
+    # The user answers in the agent's own words and voice (two synthetic voices can be
+    # that alike): the gate finds the agent's audio in it at some lag and cannot explain
+    # the rest. Early in the call that is how a room's echo looks, and the canceller
+    # starts; after seconds of the agent playing to a silent microphone it is the user.
+    mic = np.zeros_like(AGENT)
+    late = round(3.2 * RATE)
+    mic[late:] = AGENT[: len(mic) - late]
+    control, made = drive_auto(mic)
+    assert made == [] and control.canceller_started_at is None
+    early = np.zeros_like(AGENT)
+    early[round(0.4 * RATE) :] = AGENT[: len(AGENT) - round(0.4 * RATE)]
+    control, made = drive_auto(early + room_echo(0.7, 150, -30))
+    assert len(made) == 1

@@ -403,6 +403,7 @@ class EchoControl:
         max_delay_s: float = 0.4,
         judge_blocks: int = 12,
         explained_share: float = 0.5,
+        unheard_after_s: float = 3.0,
     ) -> None:
         if mode not in ECHO_MODES or mode == "off":
             raise ValueError(f"echo mode must be one of aec, gate, both, auto; got {mode!r}")
@@ -427,6 +428,11 @@ class EchoControl:
         """``"auto"``: the canceller starts when the gate explained fewer of those blocks."""
         self.canceller_started_at: float | None = None
         """``"auto"``: when the gate's verdict started the canceller (clock time), or None."""
+        self.unheard_after_s = unheard_after_s
+        """``"auto"``: after the agent has played this long with the microphone below the
+        gate's floor, before any verdict, there is no echo path (a headset): the verdict
+        is taken, and it starts no canceller."""
+        self._unheard_s = 0.0
         self._sounding: deque[bool] = deque(maxlen=judge_blocks)  # explained or not
         self._verdict = False
         # ``"auto"`` before its verdict: the last second of microphone and reference, so
@@ -473,6 +479,8 @@ class EchoControl:
             self._watching = False
             active = self.reference.active(at)
             self._quiet_for = 0.0 if active else self._quiet_for + len(samples) / self.rate
+            if active:
+                self._unheard_s += len(samples) / self.rate
             return samples
         if not self._watching and self.gate is not None:
             # The reference may have started before this call: give the gate all of it.
@@ -555,9 +563,16 @@ class EchoControl:
         confirms the delay (the direct sound correlates) yet explains almost nothing, the
         tail being longer than its fit. The verdict is taken once per session, on the
         last sounding blocks when the delay is first confirmed: a user talking over a dry
-        echo later on is unexplained too, and must not start the canceller.
+        echo later on is unexplained too, and must not start the canceller. A
+        session whose microphone stayed silent for seconds while the agent played has no
+        echo path at all, and its verdict is taken then: otherwise a user who later says
+        what the agent just said ("right" in the same voice, as two synthetic voices can)
+        confirms a delay, is unexplained, and starts a canceller on a headset call.
         """
         if self.mode != "auto" or self._verdict:
+            return False
+        if self._unheard_s >= self.unheard_after_s:
+            self._verdict = True  # no echo path: a voice now is the user's
             return False
         if evidence.mic_dbfs >= _SOUNDING_DBFS:
             self._sounding.append(evidence.echo)
