@@ -403,14 +403,16 @@ class Session:
         if self._mic_origin is None:
             self._mic_origin = now - span
         late = now - (self._mic_origin + span)
-        low, high = min(self._mic_late_range[0], late), max(self._mic_late_range[1], late)
         if late <= _MIC_GAP_S:
             self._mic_late_since = None
-        elif self._mic_late_since is None or high - low > _MIC_GAP_STEADY_S:
-            # Lateness that moves is a machine or a network falling behind and catching
-            # up, not a gap: watch afresh from here.
-            self._mic_late_since, low, high = now, late, late
-        self._mic_late_range = (low, high)
+        else:
+            low, high = self._mic_late_range
+            low, high = min(low, late), max(high, late)
+            if self._mic_late_since is None or high - low > _MIC_GAP_STEADY_S:
+                # Lateness that moves is a machine or a network falling behind and
+                # catching up, not a gap: watch afresh from here.
+                self._mic_late_since, low, high = now, late, late
+            self._mic_late_range = (low, high)
         if late < 0.0 or (
             self._mic_late_since is not None and now - self._mic_late_since >= _MIC_GAP_HOLD_S
         ):
