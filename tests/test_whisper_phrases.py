@@ -59,9 +59,38 @@ def test_backchannels_are_read_as_backchannels(
 
 
 def test_a_sentence_is_no_phrase(tts: PiperTTS, reader: WhisperPhraseReader) -> None:
-    reading = reader.read(speak(tts, "Could you book me a table for tomorrow evening?"))
+    reading = reader.read(speak(tts, "The table for tomorrow evening is fine by me."))
     assert reading.words == ()
     assert reading.how == "sentence"
+
+
+@pytest.mark.parametrize(
+    ("text", "opening"),
+    [
+        ("Could you book me a table for tomorrow evening?", ("could", "you")),
+        ("What about the weekend, will it rain?", ("what", "about")),
+    ],
+)
+def test_a_question_is_read_by_its_opening(
+    tts: PiperTTS, reader: WhisperPhraseReader, text: str, opening: tuple[str, ...]
+) -> None:
+    """A question or request is a bid for the floor from its first words: the reading is
+    the opening, which tier 2 treats as it treats a command."""
+    reading = reader.read(speak(tts, text))
+    assert (reading.words, reading.how) == (opening, "free")
+
+
+def test_the_first_words_of_a_request_are_read_while_it_goes_on(
+    tts: PiperTTS, reader: WhisperPhraseReader
+) -> None:
+    audio = speak(tts, "Can you send that to my email instead?")
+    stream = reader.stream()
+    stream.start()
+    stream.feed(audio[: int(0.4 * reader.sample_rate)])
+    assert tuple(stream.peek_later()()) == ("can", "you")
+    # Only the start counts: further in, "could you" is part of a sentence.
+    later = reader.read(speak(tts, "Tomorrow morning, could you call me back?"))
+    assert (later.words, later.how) == ((), "sentence")
 
 
 def test_silence_is_not_read(reader: WhisperPhraseReader) -> None:

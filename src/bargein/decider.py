@@ -169,6 +169,47 @@ BACKCHANNEL_PHRASES: tuple[str, ...] = (
 )
 
 
+FLOOR_OPENERS: tuple[str, ...] = (
+    "can you",
+    "could you",
+    "would you",
+    "will you",
+    "can i",
+    "could i",
+    "may i",
+    "can we",
+    "could we",
+    "do you",
+    "did you",
+    "are you",
+    "is it",
+    "is there",
+    "what about",
+    "what if",
+    "what time",
+    "what is",
+    "what's",
+    "how about",
+    "how do",
+    "how much",
+    "how many",
+    "how long",
+    "where is",
+    "where's",
+    "when is",
+    "why is",
+    "tell me",
+    "let me",
+    "i want",
+    "i need",
+    "i'd like",
+    "i meant",
+)
+"""How a question or a request to the agent begins ("Can you...", "What about..."): no
+backchannel begins so. A reading of the sound so far that begins with one is a bid for the
+floor, as a command is, long before the rest of the sentence is there to be read."""
+
+
 HESITATIONS: tuple[str, ...] = ("uh", "um", "ah", "oh", "ha", "hm", "hmm", "mm", "huh")
 """Backchannels that also open a bid for the floor ("Oh, and...", "Um, can you..."), and
 that Whisper hears in the first syllables of others ("ha" for "Hang on"): heard early,
@@ -224,7 +265,8 @@ class RuleDecider:
       spotted command commits, a spotted backchannel resumes over "other" words;
     - readings of the sound so far (:attr:`Overlap.early_readings`, from a second
       opinion that reads while the user talks) commit once two in a row are commands
-      (one reading of the first syllables of "exactly" can be "no"), and a backchannel
+      (one reading of the first syllables of "exactly" can be "no"), or the opening of a
+      question or request (:data:`FLOOR_OPENERS`: "can you", "what about"), and a backchannel
       reading moves the duration commit out to ``backchannel_after_s``: "okay, okay" or
       a drawn-out "mm-hmm" can outlast ``commit_after_s``;
     - ``early_resume_readings`` readings in a row (0: never) that hear the same

@@ -14,8 +14,10 @@ How it is made fast enough:
   windows and, given less, tends to repeat itself ("Stop Stop Stop"); repeats do not change
   which phrase was said, and the greedy decode is capped at a few tokens.
 * **A free reading first.** The greedy decode is the first answer: a reading that contains
-  one of the commands (``INTERRUPT_PHRASES``) is that command, and one made only of
-  backchannels is a backchannel.
+  one of the commands (``INTERRUPT_PHRASES``) is that command, one that begins as a
+  question or a request does (``FLOOR_OPENERS``: "Can you...", "What about...") is that
+  opening, and one made only of backchannels is a backchannel. An opening counts as a
+  command: two early readings of "Can you?" commit while the user is still saying what.
 * **Then the phrases, scored.** Otherwise the reading is a near miss ("Chair" for "Sure.",
   "Voton" for "Hold on.") or a real sentence. Each class's likeliest phrases (ranked by the
   decoder's first-token distribution, which the greedy step computed anyway) are scored by
@@ -49,6 +51,7 @@ import numpy as np
 from bargein.audio import window_dbfs
 from bargein.decider import (
     BACKCHANNEL_PHRASES,
+    FLOOR_OPENERS,
     INTERRUPT_PHRASES,
     normalize_words,
     only_backchannel,
@@ -155,6 +158,7 @@ class WhisperPhraseReader:
         silence_dbfs: float = -60.0,
         interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES,
         backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES,
+        floor_openers: Sequence[str] = FLOOR_OPENERS,
     ) -> None:
         if not 0.5 <= window_s <= _MAX_WINDOW_S:
             raise ValueError(f"window_s must be within [0.5, 30], got {window_s}")
@@ -167,6 +171,7 @@ class WhisperPhraseReader:
         self.silence_dbfs = silence_dbfs
         self.interrupt_phrases = tuple(interrupt_phrases)
         self.backchannel_phrases = tuple(backchannel_phrases)
+        self.floor_openers = tuple(tuple(p.split()) for p in floor_openers)
         whisper = shared if shared is not None else self._load(model, cpu_threads)
         try:
             self._model: Any = whisper.model
@@ -252,6 +257,9 @@ class WhisperPhraseReader:
         command = self._command_in(words)
         if command is not None:
             return PhraseReading(command, "free", free_text)
+        opener = next((o for o in self.floor_openers if words[: len(o)] == o), None)
+        if opener is not None:
+            return PhraseReading(opener, "free", free_text)
         if words and only_backchannel(words, self.backchannel_phrases):
             return PhraseReading(words, "free", free_text)
         near = self._spelled_like(words)
