@@ -25,10 +25,12 @@ from bargein import builtin_set
 from bargein.audio import find_onset, first_audible, read_wav, wav_info, window_dbfs
 from bargein.builtin_set import (
     AGENT_REPLIES,
+    FRESH_GENERATOR_VERSION,
     GENERATOR_VERSION,
     HELDOUT_NOISES,
     HELDOUT_VOICES,
     STAMP_NAME,
+    EspeakStyle,
     generate_builtin_set,
     main,
 )
@@ -369,3 +371,46 @@ def test_espeak_reports_a_missing_library(tmp_path: Path) -> None:
     missing = tmp_path / "libespeak-ng.so"
     with pytest.raises(EspeakError, match="cannot load libespeak-ng"):
         Espeak(library_path=str(missing), data_path=str(tmp_path))
+
+
+# -- the fresh check set -------------------------------------------------------------------
+
+FRESH = builtin_set._fresh_specs()
+
+
+def test_the_fresh_set_shares_no_sentence_voice_or_room_with_the_built_in_set() -> None:
+    assert len(FRESH) == 59 and len({s.name for s in FRESH}) == len(FRESH)
+    said = {s.sound for s in PLAN if s.style is not None}
+    assert not said & {s.sound for s in FRESH if s.style is not None}
+    fresh_styles = {s.style for s in FRESH if s.style is not None}
+    assert fresh_styles == set(builtin_set._FRESH_STYLES)  # every fresh voice is used
+    assert not fresh_styles & set(builtin_set._STYLES)
+    espeak = {v.voice for v in builtin_set._STYLES.values() if isinstance(v, EspeakStyle)}
+    for tag in fresh_styles:
+        style = builtin_set._FRESH_STYLES[tag]
+        if isinstance(style, EspeakStyle):
+            assert style.voice not in espeak, tag
+    assert not {s.echo for s in FRESH if s.echo} & {s.echo for s in PLAN if s.echo}
+    assert {builtin_set._tags(s)["split"] for s in FRESH} == {"fresh"}
+    kinds = Counter(s.kind for s in FRESH)
+    assert kinds == {"barge_in": 15, "short_command": 10, "backchannel": 20, "noise": 8, "echo": 6}
+
+
+def test_the_fresh_set_s_sounds_land_inside_the_reply() -> None:
+    for s in FRESH:
+        if s.sound is not None:
+            words = len(AGENT_REPLIES[s.reply].split())
+            assert 1.0 <= s.at_s <= words / 4.0 - 1.5, s.name
+
+
+def test_the_fresh_set_generates_and_loads(tmp_path: Path) -> None:
+    dest = tmp_path / "fresh"
+    assert main([str(dest), "--fresh"]) == 0
+    assert (dest / STAMP_NAME).read_text().strip() == FRESH_GENERATOR_VERSION
+    loaded, errors = load_set(dest)
+    assert errors == [] and len(loaded) == len(FRESH)
+    for scenario in loaded:
+        for event in scenario.events:
+            audio, _ = read_wav(event.audio_path)
+            # No silent or broken clip (a noise once came out NaN at 22.05 kHz).
+            assert np.isfinite(audio).all() and float(np.max(np.abs(audio))) > 0.01, scenario.name

@@ -4,7 +4,8 @@
   with ``--target ws://HOST:PORT/ws``, against a running server, measured at its far end;
   with ``--sessions 1,10,25``, that many far ends at once (docs/load.md);
 - ``bargein report A.json [B.json ...] -o report.html``: an HTML report of saved runs;
-- ``bargein scenarios DEST``: generate the built-in public scenario set;
+- ``bargein scenarios [DEST] [--fresh]``: generate the built-in public scenario set (or
+  the fresh check set);
 - ``bargein serve [--bench] [--token T]``: the demo page and the WebSocket protocol;
 - ``bargein demo``: the same, opening the page in a browser: talk to it, interrupt it;
 - ``bargein bench-demo``: generate the built-in set (once) and benchmark it on the
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from bargein.bench.report import TraceCollector
 
 DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
+FRESH_SET_DIR = DEFAULT_SET_DIR.parent / "fresh"
 DEFAULT_TURN_SET_DIR = DEFAULT_SET_DIR.with_name("turns")
 
 
@@ -250,9 +252,12 @@ def _report_files(args: argparse.Namespace) -> int:
 
 
 def _scenarios(args: argparse.Namespace) -> int:
-    from bargein.builtin_set import generate_builtin_set
+    from bargein.builtin_set import generate_builtin_set, generate_fresh_set
 
-    path = generate_builtin_set(Path(args.dest), force=args.force)
+    if args.fresh:
+        path = generate_fresh_set(Path(args.dest or FRESH_SET_DIR), force=args.force)
+    else:
+        path = generate_builtin_set(Path(args.dest or DEFAULT_SET_DIR), force=args.force)
     print(path)
     return 0
 
@@ -516,7 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     llm_bench.set_defaults(func=_bench_llm)
 
     scen = sub.add_parser("scenarios", help="generate the built-in scenario set")
-    scen.add_argument("dest", nargs="?", default=str(DEFAULT_SET_DIR))
+    scen.add_argument(
+        "dest", nargs="?", help=f"where (default {DEFAULT_SET_DIR}, or {FRESH_SET_DIR})"
+    )
+    scen.add_argument(
+        "--fresh",
+        action="store_true",
+        help="the fresh check set instead: sentences, voices and rooms the built-in set "
+        "does not have, for judging what was tuned on it",
+    )
     scen.add_argument("--force", action="store_true", help="regenerate even if up to date")
     scen.set_defaults(func=_scenarios)
 
