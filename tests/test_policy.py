@@ -586,17 +586,29 @@ def test_a_reading_of_another_utterance_or_after_the_sound_is_ignored() -> None:
 
 
 def watched_okay(policy: FloorPolicy) -> None:
-    """An "okay" read three times over the agent while the user still says it: resumed
-    early, at 1.45 s."""
+    """An "okay" heard twice over the agent while the user still says it (spelled two
+    ways): resumed early, at 1.45 s."""
     policy.handle(SpeechStarted(1.0))
     voice(policy, 1.0, 1.2)
     assert policy.handle(Reading(1.2, policy.utterance, ("okay",))) == []
-    voice(policy, 1.2, 1.3)
-    assert policy.handle(Reading(1.3, policy.utterance, ("okay",))) == []
-    voice(policy, 1.3, 1.45)
-    assert policy.handle(Reading(1.45, policy.utterance, ("okay",))) == [ResumeOutput(1)]
-    assert policy.interruptions[0].reason == "spotted early:okay"
+    voice(policy, 1.2, 1.45)
+    assert policy.handle(Reading(1.45, policy.utterance, ("ok",))) == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "spotted early:ok"
     assert policy.state is Floor.SPEAKING and policy.overlap_open
+
+
+def test_readings_the_reader_chose_rather_than_heard_resume_nothing_early() -> None:
+    """Forced to pick the nearest of its phrases, Whisper maps anything onto one: "and
+    also" came back as "all right" twice running. Only readings heard outright count."""
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.2)
+    assert policy.handle(Reading(1.2, policy.utterance, ("all", "right"), chosen=True)) == []
+    voice(policy, 1.2, 1.3)
+    assert policy.handle(Reading(1.3, policy.utterance, ("all", "right"))) == []
+    voice(policy, 1.3, 1.45)
+    # Two heard outright in a row do.
+    assert policy.handle(Reading(1.45, policy.utterance, ("alright",))) == [ResumeOutput(1)]
 
 
 def test_two_backchannel_readings_resume_while_the_sound_goes_on() -> None:

@@ -19,7 +19,7 @@ from bargein.policy import (
     SpeechEnded,
     VoiceActivity,
 )
-from bargein.providers.base import FloatAudio
+from bargein.providers.base import ChosenWords, FloatAudio
 from bargein.providers.scripted import ScriptedLLM
 from bargein.session import AudioFormatError, Session, SessionConfig
 from tests.doubles import (
@@ -731,6 +731,37 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
     # The second reading decides, on the frame it is asked on.
     assert record.decided_at is not None and record.decided_at < 1.6
     assert record.decided_at == pytest.approx(spotter.peeks[1], abs=1e-3)
+
+
+class OkayPeeker(DeferredSpotter):
+    """A second opinion that reads "okay" in the overlap so far: heard outright, or only
+    chosen as the nearest of its phrases (:class:`ChosenWords`)."""
+
+    def __init__(self, chosen: bool) -> None:
+        super().__init__([([], ("okay",))])
+        self.words: Sequence[str] = ChosenWords(("okay",)) if chosen else ("okay",)
+
+    def peek_later(self) -> Callable[[], Sequence[str]]:
+        return lambda: self.words
+
+
+@pytest.mark.parametrize("chosen", [False, True])
+def test_only_readings_heard_outright_resume_the_agent_while_the_user_talks(
+    chosen: bool,
+) -> None:
+    spotter = OkayPeeker(chosen)
+    drawl: Utterance = ([(1.2, ("oh",))], ("oh", "kay"))
+    session = deferred_session(spotter, drawl, [(1.0, 2.0)], until=4.0)
+    assert not session.errors
+    record = session.timeline[0]
+    assert record.decision == "resume" and record.decided_at is not None
+    if chosen:
+        # Not early: the sound's end and its final reading decide.
+        assert record.reason == "spotted:okay" and record.decided_at >= 2.0
+    else:
+        # Two readings, 0.3 s and 0.45 s after the onset.
+        assert record.reason == "spotted early:okay"
+        assert record.decided_at == pytest.approx(record.onset_at + 0.45, abs=0.04)
 
 
 class EchoReadingSpotter(DeferredSpotter):

@@ -63,6 +63,9 @@ class Overlap:
     backchannels or commands, or nothing."""
     early_readings: list[tuple[str, ...]] = field(default_factory=list)
     """The same recogniser's readings of the sound so far while it goes on, oldest first."""
+    early_chosen: list[bool] = field(default_factory=list)
+    """For each of :attr:`early_readings`: the reader chose it as the nearest of its
+    phrases rather than heard it outright."""
     last_read_took: float = 0.0
     """How long the latest of :attr:`early_readings` took: it heard the sound as it was
     that long before it came back."""
@@ -210,6 +213,10 @@ backchannel begins so. A reading of the sound so far that begins with one is a b
 floor, as a command is, long before the rest of the sentence is there to be read."""
 
 
+SPELLINGS: dict[str, str] = {"ok": "okay", "alright": "all right", "yup": "yep"}
+"""One backchannel, two ways to write it: readings of the same "okay" alternate."""
+
+
 HESITATIONS: tuple[str, ...] = ("uh", "um", "ah", "oh", "ha", "hm", "hmm", "mm", "huh")
 """Backchannels that also open a bid for the floor ("Oh, and...", "Um, can you..."), and
 that Whisper hears in the first syllables of others ("ha" for "Hang on"): heard early,
@@ -270,14 +277,16 @@ class RuleDecider:
       reading moves the duration commit out to ``backchannel_after_s``: "okay, okay" or
       a drawn-out "mm-hmm" can outlast ``commit_after_s``;
     - ``early_resume_readings`` readings in a row (0: never) that hear the same
-      backchannel, each the one before or more of it ("right", then "right okay"), resume while
-      the sound still goes on: the agent talks on over "okay, okay" as a person would.
-      The policy keeps listening to the sound, and pauses again if it turns out to be
-      more. Readings that change their mind ("yes", then "good", for the first words of
-      "Can you...") are a reader forced to choose, not a backchannel; and two that agree
-      were fooled by the first syllables of "Hang on" ("ha") and "And also" ("all right").
+      backchannel outright, each the one before or more of it ("right", then "right
+      okay"; spelled either way, :data:`SPELLINGS`), resume while the sound still goes
+      on: the agent talks on over "okay, okay" as a person would. The policy keeps
+      listening to the sound, and pauses again if it turns out to be more. A reading the
+      reader chose as the nearest of its phrases (:attr:`Overlap.early_chosen`) never
+      counts: two such agreed on "all right" for "And also". Readings that change their
+      mind ("yes", then "good", for the first words of "Can you...") are no backchannel.
       Readings that begin with a hesitation (:data:`HESITATIONS`: "oh", "um", "ha"...)
-      never resume early: "Oh, and what about the weekend?" starts as one.
+      never resume early: "Oh, and what about the weekend?" starts as one, and "Hang
+      on" as "ha".
       The latest reading must have taken at most ``early_resume_fresh_s``: a slow one
       heard the sound as it was;
     - when the last reading gives no answer and the open recogniser heard one or two
@@ -298,7 +307,7 @@ class RuleDecider:
     voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
     reading_wait_s: float = 0.4
-    early_resume_readings: int = 3
+    early_resume_readings: int = 2
     early_resume_fresh_s: float = 0.25
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
@@ -393,7 +402,15 @@ class RuleDecider:
             # about the weekend". (Once resumed, a slow one that still hears the
             # backchannel keeps the agent going.)
             return False
-        heard = [f"{h} " for r in overlap.early_readings[-n:] if (h := self._backchannel(r))]
+        if any(overlap.early_chosen[-n:]):
+            # Forced to choose, Whisper maps anything onto the nearest phrase: "and also"
+            # (for "And also for two people") came back as "all right" twice running.
+            return False
+        heard = [
+            " ".join(SPELLINGS.get(w, w) for w in h.split()) + " "
+            for r in overlap.early_readings[-n:]
+            if (h := self._backchannel(r))
+        ]
         if len(heard) < n or heard[0].split()[0] in HESITATIONS:
             return False
         return all(b.startswith(a) for a, b in pairwise(heard))

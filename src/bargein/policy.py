@@ -163,6 +163,9 @@ class Reading:
     at: float
     utterance: int
     words: tuple[str, ...]
+    chosen: bool = False
+    """The reader chose ``words`` as the nearest of its phrases; it did not hear them
+    outright (:class:`~bargein.providers.base.ChosenWords`)."""
 
 
 @dataclass(frozen=True)
@@ -634,6 +637,7 @@ class FloorPolicy:
             overlap.last_read_took = event.at - overlap.reading_since
         overlap.reading_since = None
         overlap.early_readings.append(event.words)
+        overlap.early_chosen.append(event.chosen)
         return self._decide(event.at)
 
     def _on_echo_cancelled(self) -> list[Action]:
@@ -644,6 +648,7 @@ class FloorPolicy:
             overlap.echo_words += len(overlap.latest_words)
             overlap.partials.clear()
             overlap.early_readings.clear()
+            overlap.early_chosen.clear()
             overlap.reading_since = None  # the session drops a reading under way of the echo
         return []
 

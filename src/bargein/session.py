@@ -66,6 +66,7 @@ from bargein.policy import (
 )
 from bargein.providers.base import (
     ChatMessage,
+    ChosenWords,
     FloatAudio,
     LanguageModel,
     StreamingRecognizer,
@@ -639,7 +640,7 @@ class Session:
         self, utterance: int, since: float, work: Callable[[], Sequence[str]]
     ) -> None:
         try:
-            words = tuple(await run_blocking(work))
+            heard = await run_blocking(work)
         except Exception as exc:
             self._recogniser_failed(exc)
             return
@@ -647,7 +648,8 @@ class Session:
             self._peeked_at = None
         if since != self._spot_started_at:
             return  # a reading of audio the reader has since dropped (the echo's)
-        self._handle(Reading(self.now(), utterance, words))
+        chosen = isinstance(heard, ChosenWords)
+        self._handle(Reading(self.now(), utterance, tuple(heard), chosen))
 
     def _spotted(self) -> tuple[str, ...] | None:
         """Close the second recogniser's utterance: its final words, or None if it did not run."""

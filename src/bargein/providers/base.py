@@ -54,6 +54,8 @@ class StreamingRecognizer(Protocol):
     returns the reading as work that the session runs in a worker thread; and
     ``peek_later()`` of the same shape, a reading of the utterance so far that leaves it
     open, which the session asks for now and then while a second opinion's overlap lasts.
+    A reading returned as :class:`ChosenWords` was the reader's choice among its phrases,
+    not what it heard outright.
     """
 
     sample_rate: int
@@ -63,6 +65,15 @@ class StreamingRecognizer(Protocol):
     def feed(self, audio: FloatAudio) -> Sequence[str]: ...
 
     def finish(self) -> Sequence[str]: ...
+
+
+class ChosenWords(tuple[str, ...]):
+    """Words a closed-set reader chose as the nearest of its phrases to something it did
+    not hear as any of them ("Come on." scored closest to "okay"): a forced choice, where
+    a plain sequence of words was heard outright. Tier 2 takes the agent's floor back on
+    readings it heard outright only."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from bargein.decider import (
     normalize_words,
     only_backchannel,
 )
-from bargein.providers.base import FloatAudio, ProviderError
+from bargein.providers.base import ChosenWords, FloatAudio, ProviderError
 
 __all__ = ["PhraseReading", "WhisperPhraseReader", "WhisperPhraseStream"]
 
@@ -357,7 +357,8 @@ class WhisperPhraseStream:
 
         Part of a word is easy to mistake ("exa..." scores close to "no"), and a command
         read early commits at once, so a scored reading counts here only when it wins by
-        ``early_margin`` nats; one the free reading found counts as it is.
+        ``early_margin`` nats, and comes back as :class:`ChosenWords`; one the free reading
+        found counts as it is.
         """
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
 
@@ -365,7 +366,7 @@ class WhisperPhraseStream:
             reading = self.reader.read(audio.astype(np.float32, copy=False))
             if reading.how == "scored":
                 gap = abs(reading.backchannel_score - reading.command_score)
-                return reading.words if gap >= self.early_margin else ()
+                return ChosenWords(reading.words if gap >= self.early_margin else ())
             return reading.words
 
         return read
