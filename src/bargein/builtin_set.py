@@ -1,5 +1,8 @@
 """Generate the project's built-in public scenario set, deterministically and fully offline.
 
+The same generator makes a second, fresh set (:func:`generate_fresh_set`): other
+sentences, voices and rooms, to check what tier 2 was tuned on in the first.
+
 Why generate instead of shipping recordings: the repository stays free of binary blobs and of
 recordings whose licence we would have to track, and anyone can rebuild the exact same set from
 source. User speech comes from two local engines so the set is not one voice over and over:
@@ -778,9 +781,9 @@ _SILENCE_REPLIES: Final = ("recipe", "taxi", "insurance")
 
 
 # The fresh set: sentences, voices and rooms that no rule or threshold of tier 2 was tuned
-# on, written once and measured as they came out. Some bids open with a command or a
-# question's opening that tier 2 knows, some with neither; some backchannels are outside
-# its lexicon ("Gotcha.", "Perfect.").
+# on, written before any run on them (BENCHMARKS.md lists what changed after). Some bids
+# open with a command or a question's opening that tier 2 knows, some with neither; some
+# backchannels are outside its lexicon ("Gotcha.", "Perfect.").
 _FRESH_BARGE_IN: Final[tuple[_Row, ...]] = (
     ("wrong-address", "Wait, that is the wrong address.", "espeak-us-m1", "parcel", 3.4),
     ("daughter", "My daughter is coming with me too.", "piper-tenor-fast", "museum", 4.0),
@@ -1220,7 +1223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bargein.builtin_set DEST [--fresh] [--force]``: generate the set into DEST."""
     parser = argparse.ArgumentParser(
         prog="python -m bargein.builtin_set",
-        description="Generate the built-in barge-in scenario set (offline, deterministic).",
+        description="Generate the built-in barge-in scenario set, or the fresh check set "
+        "(offline, deterministic).",
     )
     parser.add_argument("dest", type=Path, help="folder to write the scenario set into")
     parser.add_argument("--fresh", action="store_true", help="the fresh check set instead")
