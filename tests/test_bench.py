@@ -86,6 +86,45 @@ def test_run_set_measures_each_scenario_at_the_ear(scenario_dir: Path) -> None:
     assert quiet["recorded_text"] == AGENT == quiet["heard_text"]
 
 
+def test_a_ducked_agent_inserts_no_silence_and_stops_at_the_decision(
+    scenario_dir: Path,
+) -> None:
+    paused = {
+        s["name"]: s for s in run_set(scenario_dir, stack=stack(), progress=False)["scenarios"]
+    }
+    ducked = {
+        s["name"]: s
+        for s in run_set(
+            scenario_dir, stack=stack(), progress=False, options=RunOptions(tier1="duck")
+        )["scenarios"]
+    }
+    # The backchannel: no silence inserted; the agent played on, ducked, for as long as
+    # it would have been paused.
+    assert paused["uhhuh"]["ducked_ms"] == 0
+    assert ducked["uhhuh"]["paused_ms"] == 0 and not ducked["uhhuh"]["interrupted"]
+    assert ducked["uhhuh"]["ducked_ms"] == pytest.approx(paused["uhhuh"]["paused_ms"], abs=40)
+    assert ducked["uhhuh"]["recorded_text"] == AGENT == ducked["uhhuh"]["heard_text"]
+    # The interruption: a duck is still audible, so the agent stops only at the commit.
+    barge = ducked["barge"]
+    assert barge["interrupted"] and barge["state_word_errors"] == 0
+    assert barge["stop_latency_ms"] == pytest.approx(barge["decision_ms"], abs=45)
+    assert barge["stop_latency_ms"] > paused["barge"]["stop_latency_ms"] + 20
+
+
+def test_a_duck_limit_pauses_a_sound_still_undecided(scenario_dir: Path) -> None:
+    options = RunOptions(tier1="duck", duck_limit_s=0.1)
+    results = run_set(scenario_dir, stack=stack(), progress=False, options=options)
+    by_name = {s["name"]: s for s in results["scenarios"]}
+    uhhuh, barge = by_name["uhhuh"], by_name["barge"]
+    # Ducked for the limit (to the speaker's 10 ms tick), then paused until the resume.
+    assert 80 <= uhhuh["ducked_ms"] <= 110 and uhhuh["paused_ms"] > 150
+    (record,) = uhhuh["timeline"]
+    assert (record["tier1"], record["decision"]) == ("duck", "resume")
+    assert record["paused_at"] - record["tier1_at"] == pytest.approx(0.1, abs=1e-6)
+    # "hold on" is committed before the limit: no pause on the way.
+    assert barge["timeline"][0]["paused_at"] is None and barge["interrupted"]
+
+
 def test_summary_counts_and_percentiles(scenario_dir: Path) -> None:
     results = run_set(scenario_dir, stack=stack(), progress=False, only=["barge_in"])
     summary = results["summary"]
@@ -130,6 +169,17 @@ def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     code = cli_main(["bench", str(tmp_path / "nope"), "--clock", "virtual"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_duck_limit_it_cannot_use(
+    scenario_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["bench", str(scenario_dir), "--clock", "virtual", "--duck-limit", "0.2"])
+    assert code == 2
+    assert "--duck-limit needs --tier1 duck" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["bench", str(scenario_dir), "--tier1", "duck", "--duck-limit", "-1"])
+    assert "seconds must be zero or more" in capsys.readouterr().err
 
 
 def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:

@@ -79,6 +79,51 @@ def test_duck_instead_of_pause() -> None:
     assert policy.handle(SpeechStarted(1.0)) == [DuckOutput(1)]
 
 
+def test_a_ducked_agent_pauses_once_the_sound_outlasts_the_limit() -> None:
+    policy = speaking_policy(tier1="duck", duck_limit_s=0.25)
+    assert policy.handle(SpeechStarted(1.0)) == [DuckOutput(1)]
+    assert policy.next_deadline() == pytest.approx(1.25)
+    assert voice(policy, 1.0, 1.25) == []
+    assert policy.handle(Tick(1.25)) == [PauseOutput(1)]
+    record = policy.interruptions[0]
+    assert (record.tier1, record.paused_at, record.decision) == ("duck", 1.25, None)
+    # Paused once: later frames and ticks bring tier 2's decision, not a second pause.
+    assert voice(policy, 1.25, 1.8) == []
+    assert policy.handle(Tick(1.8)) == [FlushOutput(1), CancelReply(1), Truncate(1, 100)]
+    assert record.reason == "duration"
+
+
+def test_a_sound_judged_within_the_duck_limit_never_pauses_the_agent() -> None:
+    policy = speaking_policy(tier1="duck", duck_limit_s=0.5)
+    policy.handle(SpeechStarted(1.0))
+    assert voice(policy, 1.0, 1.3) == []
+    assert policy.handle(SpeechEnded(1.3)) == []
+    assert policy.handle(Words(1.35, ("okay",), final=True)) == [ResumeOutput(1)]
+    assert policy.state is Floor.SPEAKING
+    assert policy.interruptions[0].paused_at is None
+    assert policy.next_deadline() is None
+    assert policy.handle(Tick(1.6)) == []
+
+
+def test_without_a_limit_a_duck_lasts_until_the_decision() -> None:
+    policy = speaking_policy(tier1="duck")
+    policy.handle(SpeechStarted(1.0))
+    actions = voice(policy, 1.0, 1.8) + policy.handle(Tick(1.8))
+    assert actions == [FlushOutput(1), CancelReply(1), Truncate(1, 100)]
+    assert policy.interruptions[0].paused_at is None
+
+
+def test_the_duck_limit_is_for_ducking_only() -> None:
+    policy = speaking_policy(duck_limit_s=0.1)
+    assert policy.handle(SpeechStarted(1.0)) == [PauseOutput(1)]
+    assert voice(policy, 1.0, 1.5) == []
+    assert policy.interruptions[0].paused_at is None
+    with pytest.raises(ValueError, match="duck_limit_s"):
+        PolicyConfig(tier1="duck", duck_limit_s=-0.1)
+    with pytest.raises(ValueError, match="duck_limit_s"):
+        PolicyConfig(tier1="duck", duck_limit_s=float("nan"))
+
+
 def test_commit_runs_the_steps_in_order_then_yields() -> None:
     policy = speaking_policy()
     policy.handle(Playout(0.9, 1, 5000))

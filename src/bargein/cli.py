@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from bargein.echo import ECHO_MODES
-from bargein.policy import RestartPolicy
+from bargein.policy import RestartPolicy, Tier1
 
 if TYPE_CHECKING:
     from bargein.bench.report import TraceCollector
@@ -74,10 +74,13 @@ def _bench_target(args: argparse.Namespace) -> int:
         args.no_loudness_onset,
         args.transcripts,
         args.no_preemptive,
+        args.tier1 != "pause",
+        args.duck_limit is not None,
     )
     if any(engine_options):
         print(
-            "note: --restart-policy, --no-loudness-onset, --transcripts and --no-preemptive "
+            "note: --restart-policy, --no-loudness-onset, --transcripts, --no-preemptive, "
+            "--tier1 and --duck-limit "
             "configure the in-process engine; with --target the server's settings apply",
             file=sys.stderr,
         )
@@ -197,11 +200,16 @@ def _bench(args: argparse.Namespace) -> int:
     from bargein.bench.runner import RunOptions, default_stack, run_set
     from bargein.scenario import ScenarioError
 
+    if args.duck_limit is not None and args.tier1 != "duck":
+        print("bargein bench: --duck-limit needs --tier1 duck", file=sys.stderr)
+        return 2
     options = RunOptions(
         restart_policy=args.restart_policy,
         loudness_onset=not args.no_loudness_onset,
         preemptive=not args.no_preemptive,
         turn_end=args.turn_end,
+        tier1=args.tier1,
+        duck_limit_s=args.duck_limit,
     )
     if args.echo is not None:
         options.echo = args.echo
@@ -392,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(RestartPolicy),
         default="respond",
         dest="restart_policy",
+    )
+    bench.add_argument(
+        "--tier1",
+        choices=get_args(Tier1),
+        default="pause",
+        help="what the agent's audio does the moment a sound overlaps it: pause (the "
+        "default), or duck (play on at a tenth of its level until tier 2 decides)",
+    )
+    bench.add_argument(
+        "--duck-limit",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        dest="duck_limit",
+        help="with --tier1 duck: pause after S seconds if tier 2 is still undecided",
     )
     bench.add_argument(
         "--echo",
@@ -612,6 +635,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.set_defaults(func=_chat)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A duration on the command line: a number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be zero or more: {text!r}")
+    return value
 
 
 def _add_llm_options(parser: argparse.ArgumentParser) -> None:

@@ -309,6 +309,9 @@ class InterruptionRecord:
     flushed_at: float | None = None
     cancelled_at: float | None = None
     resumed_at: float | None = None
+    paused_at: float | None = None
+    """After a duck: when the undecided sound outlasted ``duck_limit_s`` and the agent
+    paused."""
     played_at_decision: int = 0
     user_words: tuple[str, ...] = ()
     tokens_after_cancel: int | None = None
@@ -359,6 +362,11 @@ def mermaid_diagram() -> str:
 class PolicyConfig:
     restart_policy: RestartPolicy = "respond"
     tier1: Tier1 = "pause"
+    duck_limit_s: float | None = None
+    """With ``tier1="duck"``: how long the agent talks on, ducked, under a sound tier 2
+    has not judged yet, before it pauses until the judgement (None: ducked until then).
+    A backchannel judged within the limit costs the listener no silence; a real
+    interruption is silenced by the limit at the latest."""
     turn_end_silence_s: float = 0.5
     """Silence after the user's speech ends before their turn counts as over (with
     ``turn_end="semantic"``: until a completeness probability arrives, or without one)."""
@@ -373,6 +381,10 @@ class PolicyConfig:
     """``semantic``: a :class:`TurnEndProbability` for the pause sets its silence through
     ``turn_end_rule`` (short after a finished thought, long after an unfinished one)."""
     turn_end_rule: SilenceRule = field(default_factory=SilenceRule)
+
+    def __post_init__(self) -> None:
+        if self.duck_limit_s is not None and not self.duck_limit_s >= 0.0:
+            raise ValueError(f"duck_limit_s must be zero or more, not {self.duck_limit_s!r}")
 
 
 @dataclass
@@ -463,7 +475,11 @@ class FloorPolicy:
     def next_deadline(self) -> float | None:
         """When the caller should send a :class:`Tick` even if nothing else happens."""
         if self._overlap is not None:
-            return self.decider.deadline(self._overlap, self._now)
+            due = self.decider.deadline(self._overlap, self._now)
+            limit = self._duck_limit_at()
+            if limit is not None and (due is None or limit < due):
+                return limit
+            return due
         if self.state is Floor.PREPARING and self._turn.ended_at is not None:
             return self._turn.ended_at + self._turn_silence()
         if self.state in (Floor.LISTENING, Floor.YIELDED) and self._turn.ended_at is not None:
@@ -675,7 +691,7 @@ class FloorPolicy:
             return self._recheck(now, decision)
         assert self._record is not None
         if decision is None:
-            return []
+            return self._pause_if_ducked_too_long(now)
         record = self._record
         record.decision = decision.kind
         record.reason = decision.reason
@@ -691,6 +707,23 @@ class FloorPolicy:
             # Resumed while the sound goes on ("okay" heard in it): keep listening to it.
             self._overlap, overlap.resumed_at = overlap, now
         return self._resume(now, record)
+
+    def _duck_limit_at(self) -> float | None:
+        """When a ducked agent pauses for a sound still undecided (None: no such limit)."""
+        record, limit = self._record, self.config.duck_limit_s
+        if self.state is not Floor.TENTATIVE or record is None or limit is None:
+            return None
+        if record.tier1 != "duck" or record.paused_at is not None:
+            return None
+        return record.tier1_at + limit
+
+    def _pause_if_ducked_too_long(self, now: float) -> list[Action]:
+        limit = self._duck_limit_at()
+        if limit is None or now < limit:
+            return []
+        assert self._record is not None and self.reply_id is not None
+        self._record.paused_at = now
+        return [PauseOutput(self.reply_id)]
 
     def _recheck(self, now: float, decision: Decision | None) -> list[Action]:
         """A watched sound brought new evidence; the agent is playing meanwhile.

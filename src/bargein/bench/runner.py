@@ -36,7 +36,7 @@ from bargein.bench.trace import ScenarioTrace, trace_from_speaker
 from bargein.clock import ClockKind, run, sleep_until
 from bargein.decider import Decider
 from bargein.echo import EchoMode
-from bargein.policy import PolicyConfig, RestartPolicy
+from bargein.policy import PolicyConfig, RestartPolicy, Tier1
 from bargein.providers.base import (
     FloatAudio,
     StreamingRecognizer,
@@ -111,6 +111,10 @@ class RunOptions:
     max_s: float = 150.0
     decider_factory: Callable[[], Decider] | None = None
     loudness_onset: bool = True
+    tier1: Tier1 = PolicyConfig.tier1
+    """What the agent's audio does the moment a sound overlaps it: pause, or duck."""
+    duck_limit_s: float | None = PolicyConfig.duck_limit_s
+    """With ``tier1="duck"``: pause after this long if tier 2 is still undecided."""
     echo: EchoMode = SessionConfig.echo
     """How the session keeps its own voice, fed back by a scenario's ``echo``, from
     interrupting it (see :mod:`bargein.echo`)."""
@@ -142,6 +146,8 @@ async def run_scenario(
                 restart_policy=options.restart_policy,
                 preemptive=options.preemptive,
                 turn_end=options.turn_end,
+                tier1=options.tier1,
+                duck_limit_s=options.duck_limit_s,
             ),
             loudness_onset=options.loudness_onset,
             echo=options.echo,
@@ -275,6 +281,7 @@ def _measure(
     ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
     return {
         **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
+        "ducked_ms": speaker.ducked_s.get(1, 0.0) * 1000 if not expect_interrupt else None,
         "heard_text": heard,
         "recorded_text": recorded,
         "state_word_errors": state_word_errors(heard, recorded),

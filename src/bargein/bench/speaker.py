@@ -37,6 +37,8 @@ class SimulatedSpeaker:
         """Which reply each recorded sample belongs to (0: silence)."""
         self.played: dict[int, int] = {}
         self.paused_s: dict[int, float] = {}
+        self.ducked_s: dict[int, float] = {}
+        """Per reply: how much of it played ducked (below full gain)."""
         self.on_playout: Callable[[int, int], None] | None = None
         self.first_sound_at: dict[int, float] = {}
         self.first_audible_dbfs = -45.0
@@ -112,6 +114,9 @@ class SimulatedSpeaker:
             item.offset += take
             pos += take
             self.played[item.reply_id] += take
+            if self._gain < 1.0:
+                ducked = self.ducked_s.get(item.reply_id, 0.0) + take / self.sample_rate
+                self.ducked_s[item.reply_id] = ducked
             touched[item.reply_id] = None
             if item.offset >= len(item.audio):
                 self._queue.popleft()
