@@ -379,7 +379,7 @@ FRESH = builtin_set._fresh_specs()
 
 
 def test_the_fresh_set_shares_no_sentence_voice_or_room_with_the_built_in_set() -> None:
-    assert len(FRESH) == 59 and len({s.name for s in FRESH}) == len(FRESH)
+    assert len(FRESH) == 67 and len({s.name for s in FRESH}) == len(FRESH)
     said = {s.sound for s in PLAN if s.style is not None}
     assert not said & {s.sound for s in FRESH if s.style is not None}
     fresh_styles = {s.style for s in FRESH if s.style is not None}
@@ -393,7 +393,7 @@ def test_the_fresh_set_shares_no_sentence_voice_or_room_with_the_built_in_set() 
     assert not {s.echo for s in FRESH if s.echo} & {s.echo for s in PLAN if s.echo}
     assert {builtin_set._tags(s)["split"] for s in FRESH} == {"fresh"}
     kinds = Counter(s.kind for s in FRESH)
-    assert kinds == {"barge_in": 15, "short_command": 10, "backchannel": 20, "noise": 8, "echo": 6}
+    assert kinds == {"barge_in": 23, "short_command": 10, "backchannel": 20, "noise": 8, "echo": 6}
 
 
 def test_the_fresh_set_s_sounds_land_inside_the_reply() -> None:

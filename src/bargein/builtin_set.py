@@ -70,7 +70,7 @@ __all__ = [
 GENERATOR_VERSION: Final = "bargein-builtin-set/3"
 """Identifies the generator's output; stored in the STAMP file."""
 
-FRESH_GENERATOR_VERSION: Final = "bargein-fresh-set/1"
+FRESH_GENERATOR_VERSION: Final = "bargein-fresh-set/2"
 """The same for the fresh check set (:func:`generate_fresh_set`)."""
 
 STAMP_NAME: Final = "STAMP"
@@ -866,6 +866,23 @@ _FRESH_ECHO_BARGE_IN: Final[tuple[tuple[_Row, _Room], ...]] = (
 )  # fmt: skip
 
 
+# Added in version 2 of the fresh set, written before any run on them: bids that open
+# with a backchannel ("Okay, but..."). Tier 2 may resume the agent on the opening word
+# while the user is still talking; these measure what that costs a real interruption.
+_FRESH_OPENS_WITH_BACKCHANNEL: Final[tuple[_Row, ...]] = (
+    ("okay-but-sunday", "Okay, but what about Sunday?", "espeak-us-lee", "weather", 3.3),
+    ("yeah-but-friday", "Yeah, but I need it by Friday.", "piper-bright", "parcel", 2.8),
+    ("right-how-much", "Right, and how much does that cost?", "espeak-gb-anika", "hotel", 3.9),
+    ("mm-hmm-park", "Mm-hmm, and where do I park?", "piper-soft", "museum", 5.0),
+    ("sure-price-first", "Sure, but can you check the price first?", "espeak-scot-andy",
+     "flight", 4.0),
+    ("okay-okay-cheaper", "Okay, okay, so which one is cheaper?", "espeak-rp-m5", "taxi", 2.6),
+    ("yes-dessert", "Yes, and can we add a dessert?", "piper-tenor-fast", "recipe", 3.5),
+    ("i-see-mondays", "I see, so it is closed on Mondays?", "espeak-nyc-robert", "museum",
+     7.0),
+)  # fmt: skip
+
+
 def _echo_name(reply: str, gain_db: float, delay_ms: float, reverb_s: float) -> str:
     room = f"-room{round(reverb_s * 1000)}ms" if reverb_s > 0 else ""
     return f"{reply}-{round(-gain_db)}db-{round(delay_ms)}ms{room}"
@@ -895,6 +912,7 @@ def _fresh_specs() -> list[_Spec]:
         _FRESH_NOISE_ROWS,
         _FRESH_ECHO_ONLY,
         _FRESH_ECHO_BARGE_IN,
+        opens_with_backchannel=_FRESH_OPENS_WITH_BACKCHANNEL,
         fresh=True,
     )
 
@@ -910,6 +928,7 @@ def _plan(
     thinking: tuple[tuple[_Row, ...], tuple[_Row, ...]] = ((), ()),
     near_end: tuple[_Row, ...] = (),
     silence: tuple[str, ...] = (),
+    opens_with_backchannel: tuple[_Row, ...] = (),
     fresh: bool = False,
 ) -> list[_Spec]:
     stop: Literal["interrupt"] = "interrupt"
@@ -949,6 +968,7 @@ def _plan(
     add_speech("near_end", go, near_end, after_end=True)
     for reply in silence:
         specs.append(_Spec(f"silence-control-{reply}", "silence", go, reply, fresh=fresh))
+    add_speech("barge_in", stop, opens_with_backchannel, prefix="barge-in-backchannel-first")
     return specs
 
 
@@ -1196,7 +1216,7 @@ def generate_fresh_set(dest: Path, *, force: bool = False) -> Path:
     """Write the fresh check set into ``dest`` and return ``dest``, as
     :func:`generate_builtin_set` does (stamped :data:`FRESH_GENERATOR_VERSION`).
 
-    59 scenarios of the built-in kinds (no ``thinking``, ``near_end`` or silence controls)
+    67 scenarios of the built-in kinds (no ``thinking``, ``near_end`` or silence controls)
     whose sentences, voices and rooms appear nowhere in the built-in set: tier 2's lexicons
     and thresholds were tuned on the built-in set, and this one says how much of that
     carries over. Every scenario's ``tags.split`` is ``"fresh"``.
