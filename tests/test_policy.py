@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bargein.decider import Overlap, RuleDecider, normalize_words, only_backchannel
+from bargein.decider import (
+    Overlap,
+    RuleDecider,
+    after_backchannels,
+    normalize_words,
+    only_backchannel,
+)
 from bargein.policy import (
     TRANSITIONS,
     CancelReply,
@@ -297,6 +303,10 @@ def test_words_normalise_and_backchannels_cover() -> None:
     assert normalize_words(["Uh-huh,", "OK!"]) == ("uh", "huh", "ok")
     assert only_backchannel(("mm", "hmm", "i", "see"))
     assert not only_backchannel(("i", "see", "a", "problem"))
+    assert after_backchannels(("okay", "okay", "but", "what")) == ("but", "what")
+    assert after_backchannels(("i", "see", "a", "problem")) == ("a", "problem")
+    assert after_backchannels(("sounds", "good")) == ()
+    assert after_backchannels(("so", "which")) == ("so", "which")
     decider = RuleDecider(commit_after_s=0.5)
     overlap = Overlap(onset_at=0.0, agent_audible=True, last_voiced_at=0.45)
     assert decider.decide(overlap, 0.49) is None

@@ -80,6 +80,36 @@ def test_a_question_is_read_by_its_opening(
     assert (reading.words, reading.how) == (opening, "free")
 
 
+@pytest.mark.parametrize(
+    ("text", "opening"),
+    [
+        ("Okay, but what about Sunday?", ("but",)),
+        ("Right, and how much is it?", ("and",)),
+        ("Okay, can you check the price?", ("can", "you")),
+        ("So which one is cheaper?", ("so",)),
+    ],
+)
+def test_a_backchannel_that_goes_on_is_read_as_a_bid(
+    tts: PiperTTS, reader: WhisperPhraseReader, text: str, opening: tuple[str, ...]
+) -> None:
+    """A backchannel is over in a word or two: one that goes on with a conjunction or a
+    question's opening is the start of a turn, read by the words that carry it on."""
+    reading = reader.read(speak(tts, text))
+    assert (reading.words, reading.how) == (opening, "free")
+
+
+def test_a_lone_conjunction_after_a_backchannel_is_no_bid(
+    tts: PiperTTS, reader: WhisperPhraseReader
+) -> None:
+    from bargein.decider import only_backchannel
+
+    words = reader.read(speak(tts, "Okay, so.")).words
+    assert words and only_backchannel(words)
+    # "and" opens a bid only after a backchannel: Whisper also writes a hum that way.
+    reading = reader.read(speak(tts, "And also for two people, please."))
+    assert (reading.words, reading.how) == ((), "sentence")
+
+
 def test_the_first_words_of_a_request_are_read_while_it_goes_on(
     tts: PiperTTS, reader: WhisperPhraseReader
 ) -> None:

@@ -212,6 +212,17 @@ FLOOR_OPENERS: tuple[str, ...] = (
 backchannel begins so. A reading of the sound so far that begins with one is a bid for the
 floor, as a command is, long before the rest of the sentence is there to be read."""
 
+FLOOR_CONTINUATIONS: tuple[str, ...] = ("and", "but", "so")
+"""Words that carry an utterance on past a backchannel: "Okay, but what about Sunday?",
+"Right, and how much...". A backchannel is over in a word or two; one that goes on with a
+conjunction and more words is the start of a turn. A reading in which backchannels are
+followed by one of these and more words is a bid, as an opener is; a lone "so" is not."""
+
+OPENING_CONTINUATIONS: tuple[str, ...] = ("but", "so")
+"""The continuations that also count at the very start of a reading ("So which one...",
+the rest of "Okay, okay, so which one" after the agent resumed on its start). Not "and":
+Whisper writes a hum that way ("and then" for "mm-hmm", "and now" for "uh-huh, yeah")."""
+
 
 SPELLINGS: dict[str, str] = {"ok": "okay", "alright": "all right", "yup": "yep"}
 """One backchannel, two ways to write it: readings of the same "okay" alternate."""
@@ -239,8 +250,11 @@ def _find_phrase(words: tuple[str, ...], phrases: Sequence[str]) -> str | None:
     return None
 
 
-def only_backchannel(words: tuple[str, ...], phrases: Sequence[str] = BACKCHANNEL_PHRASES) -> bool:
-    """True when ``words`` can be covered entirely by backchannel phrases (or is empty)."""
+def after_backchannels(
+    words: tuple[str, ...], phrases: Sequence[str] = BACKCHANNEL_PHRASES
+) -> tuple[str, ...]:
+    """``words`` without the backchannel phrases they begin with ("okay but what" -> but,
+    what), the longest phrase first."""
     by_length = sorted((tuple(p.split()) for p in phrases), key=len, reverse=True)
     i = 0
     while i < len(words):
@@ -249,8 +263,13 @@ def only_backchannel(words: tuple[str, ...], phrases: Sequence[str] = BACKCHANNE
                 i += len(phrase)
                 break
         else:
-            return False
-    return True
+            break
+    return words[i:]
+
+
+def only_backchannel(words: tuple[str, ...], phrases: Sequence[str] = BACKCHANNEL_PHRASES) -> bool:
+    """True when ``words`` can be covered entirely by backchannel phrases (or is empty)."""
+    return not after_backchannels(words, phrases)
 
 
 @dataclass

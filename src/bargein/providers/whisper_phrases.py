@@ -18,6 +18,8 @@ How it is made fast enough:
   question or a request does (``FLOOR_OPENERS``: "Can you...", "What about...") is that
   opening, and one made only of backchannels is a backchannel. An opening counts as a
   command: two early readings of "Can you?" commit while the user is still saying what.
+  So does a backchannel that goes on ("Okay, but...", "Right, and how...": the
+  ``FLOOR_CONTINUATIONS``, or an opening, after backchannels).
 * **Then the phrases, scored.** Otherwise the reading is a near miss ("Chair" for "Sure.",
   "Voton" for "Hold on.") or a real sentence. Each class's likeliest phrases (ranked by the
   decoder's first-token distribution, which the greedy step computed anyway) are scored by
@@ -51,8 +53,11 @@ import numpy as np
 from bargein.audio import window_dbfs
 from bargein.decider import (
     BACKCHANNEL_PHRASES,
+    FLOOR_CONTINUATIONS,
     FLOOR_OPENERS,
     INTERRUPT_PHRASES,
+    OPENING_CONTINUATIONS,
+    after_backchannels,
     normalize_words,
     only_backchannel,
 )
@@ -159,6 +164,8 @@ class WhisperPhraseReader:
         interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES,
         backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES,
         floor_openers: Sequence[str] = FLOOR_OPENERS,
+        floor_continuations: Sequence[str] = FLOOR_CONTINUATIONS,
+        opening_continuations: Sequence[str] = OPENING_CONTINUATIONS,
     ) -> None:
         if not 0.5 <= window_s <= _MAX_WINDOW_S:
             raise ValueError(f"window_s must be within [0.5, 30], got {window_s}")
@@ -172,6 +179,8 @@ class WhisperPhraseReader:
         self.interrupt_phrases = tuple(interrupt_phrases)
         self.backchannel_phrases = tuple(backchannel_phrases)
         self.floor_openers = tuple(tuple(p.split()) for p in floor_openers)
+        self.floor_continuations = tuple(floor_continuations)
+        self.opening_continuations = tuple(opening_continuations)
         whisper = shared if shared is not None else self._load(model, cpu_threads)
         try:
             self._model: Any = whisper.model
@@ -237,6 +246,21 @@ class WhisperPhraseReader:
         except Exception as exc:
             raise ProviderError(f"Whisper failed to read a {clip.size}-sample clip: {exc}") from exc
 
+    def _opening(self, words: tuple[str, ...]) -> tuple[str, ...] | None:
+        """How a bid for the floor begins, if the reading begins so, at its start or after
+        backchannels ("Okay, can you...", "Right, and how much..."): a floor opener, or a
+        continuation with more words after it."""
+        rest = after_backchannels(words, self.backchannel_phrases)
+        opener = next((o for o in self.floor_openers if rest[: len(o)] == o), None)
+        if opener is not None:
+            return opener
+        continuations = (
+            self.floor_continuations if len(rest) < len(words) else self.opening_continuations
+        )
+        if len(rest) >= 2 and rest[0] in continuations:
+            return rest[:1]
+        return None
+
     def _read(self, features: Any, frames: int) -> PhraseReading:
         import ctranslate2
 
@@ -257,9 +281,9 @@ class WhisperPhraseReader:
         command = self._command_in(words)
         if command is not None:
             return PhraseReading(command, "free", free_text)
-        opener = next((o for o in self.floor_openers if words[: len(o)] == o), None)
-        if opener is not None:
-            return PhraseReading(opener, "free", free_text)
+        opening = self._opening(words)
+        if opening is not None:
+            return PhraseReading(opening, "free", free_text)
         if words and only_backchannel(words, self.backchannel_phrases):
             return PhraseReading(words, "free", free_text)
         near = self._spelled_like(words)
