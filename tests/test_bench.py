@@ -182,6 +182,29 @@ def test_cli_refuses_a_duck_limit_it_cannot_use(
     assert "seconds must be zero or more" in capsys.readouterr().err
 
 
+def test_cli_turns_the_rule_s_early_resumes_off(
+    scenario_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bargein.bench.runner as runner
+    from bargein.decider import RuleDecider
+
+    seen: list[RunOptions] = []
+
+    def fake_run_set(folder: Path, **kwargs: Any) -> dict[str, Any]:
+        seen.append(kwargs["options"])
+        return {"summary": {}, "scenarios": [], "errors": []}
+
+    monkeypatch.setattr(runner, "run_set", fake_run_set)
+    assert cli_main(["bench", str(scenario_dir), "--no-early-resume"]) == 0
+    factory = seen[0].decider_factory
+    assert factory is not None
+    decider = factory()
+    assert isinstance(decider, RuleDecider) and decider.early_resume_readings == 0
+    assert RuleDecider().early_resume_readings > 0
+    code = cli_main(["bench", str(scenario_dir), "--no-early-resume", "--decider", "model"])
+    assert code == 2 and "setting of the rule" in capsys.readouterr().err
+
+
 def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:
     results = run_set(
         scenario_dir,

@@ -76,11 +76,12 @@ def _bench_target(args: argparse.Namespace) -> int:
         args.no_preemptive,
         args.tier1 != "pause",
         args.duck_limit is not None,
+        args.no_early_resume,
     )
     if any(engine_options):
         print(
             "note: --restart-policy, --no-loudness-onset, --transcripts, --no-preemptive, "
-            "--tier1 and --duck-limit "
+            "--tier1, --duck-limit and --no-early-resume "
             "configure the in-process engine; with --target the server's settings apply",
             file=sys.stderr,
         )
@@ -213,7 +214,17 @@ def _bench(args: argparse.Namespace) -> int:
     )
     if args.echo is not None:
         options.echo = args.echo
-    if args.decider is not None:
+    if args.no_early_resume:
+        if args.decider not in (None, "rule"):
+            print(
+                "bargein bench: --no-early-resume is a setting of the rule (--decider rule)",
+                file=sys.stderr,
+            )
+            return 2
+        from bargein.decider import RuleDecider
+
+        options.decider_factory = lambda: RuleDecider(early_resume_readings=0)
+    elif args.decider is not None:
         from bargein.tier2 import make_decider
 
         kind = args.decider
@@ -434,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tier 2: the trained model or the rule (default: the session's, docs/tier2.md); "
         "duration and vad are ablation baselines (any long voice, any voice, takes the floor)",
+    )
+    bench.add_argument(
+        "--no-early-resume",
+        action="store_true",
+        dest="no_early_resume",
+        help="the rule never resumes the agent while the user's sound goes on, however "
+        "surely Whisper heard a backchannel in it (docs/tier2.md)",
     )
     bench.add_argument(
         "--transcripts",
