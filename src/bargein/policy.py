@@ -20,7 +20,8 @@ The six steps of an interruption, all in :meth:`FloorPolicy._on_speech_started`,
 :meth:`FloorPolicy._decide` and :meth:`FloorPolicy._commit`:
 
 1. detect: user speech starts while the agent is THINKING or SPEAKING;
-2. tier 1: pause (or duck) the agent's audio on the same frame (state TENTATIVE);
+2. tier 1: pause (or duck) the agent's audio on the same frame (state TENTATIVE); a
+   duck becomes a pause if tier 2 is still undecided at ``duck_limit_s``;
 3. tier 2: ask the decider until it commits or resumes;
 4. commit: flush output, cancel the reply (LLM and TTS together), truncate the assistant
    message to what was played; then 6. yield the floor (YIELDED) until the user's turn
