@@ -125,6 +125,17 @@ def test_a_duck_limit_pauses_a_sound_still_undecided(scenario_dir: Path) -> None
     assert barge["timeline"][0]["paused_at"] is None and barge["interrupted"]
 
 
+def test_each_scenario_starts_with_a_reset_recogniser(scenario_dir: Path) -> None:
+    """Every scenario is a new call: a recogniser that adapts across utterances (as
+    PocketSphinx does) is reset before each, so no scenario depends on the ones before."""
+    played = stack()
+    resets: list[int] = []
+    played.recognizer.reset = lambda: resets.append(played.recognizer.index)  # type: ignore[attr-defined]
+    run_set(scenario_dir, stack=played, progress=False)
+    # Once before each of the three scenarios, the first before any utterance was opened.
+    assert len(resets) == 3 and resets[0] == -1 and resets[1] >= 0
+
+
 def test_summary_counts_and_percentiles(scenario_dir: Path) -> None:
     results = run_set(scenario_dir, stack=stack(), progress=False, only=["barge_in"])
     summary = results["summary"]

@@ -412,6 +412,26 @@ def test_recognizer_hears_the_question_with_partials(
     assert final == [w.lower() for w in final]
 
 
+def test_a_reset_recogniser_decodes_as_a_new_one(price_16k: FloatAudio) -> None:
+    """PocketSphinx adapts to the audio it decodes; a reset forgets that, so the next
+    caller (or the benchmark's next scenario) starts where a new decoder would."""
+    recognizer = PocketSphinxRecognizer()
+
+    def decode(audio: FloatAudio) -> tuple[list[list[str]], list[str]]:
+        recognizer.start()
+        partials = [list(recognizer.feed(audio[i : i + 1600])) for i in range(0, len(audio), 1600)]
+        return partials, list(recognizer.finish())
+
+    first = decode(price_16k)
+    fresh_cmn = PocketSphinxRecognizer()._decoder.get_cmn()
+    assert recognizer._decoder.get_cmn() != fresh_cmn  # it adapted to the first caller
+    recognizer.start()
+    recognizer.feed(0.5 * price_16k[::-1].copy())  # an open utterance, dropped by the reset
+    recognizer.reset()
+    assert recognizer._decoder.get_cmn() == fresh_cmn
+    assert decode(price_16k) == first
+
+
 def test_recognizer_requires_start(recognizer: PocketSphinxRecognizer) -> None:
     with pytest.raises(RuntimeError, match="start"):
         recognizer.feed(np.zeros(160, np.float32))

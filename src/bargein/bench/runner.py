@@ -134,6 +134,11 @@ async def run_scenario(
         tokens_per_s=options.tokens_per_s,
     )
     stack.vad.reset()
+    for recognizer in (stack.recognizer, stack.second_opinion):
+        # Each scenario is a new call: a recogniser that adapts to its audio starts afresh.
+        forget = getattr(recognizer, "reset", None)
+        if forget is not None:
+            forget()
     session = Session(
         vad=stack.vad,
         recognizer=stack.recognizer,

@@ -72,13 +72,29 @@ class PocketSphinxStream:
     sample_rate: int = 16000
     _decoder: Decoder
     _in_utterance: bool = False
+    _initial_cmn: str | None = None
 
     def start(self) -> None:
         """Begin a new utterance, discarding one that is still open."""
+        if self._initial_cmn is None:
+            self._initial_cmn = self._decoder.get_cmn()
         if self._in_utterance:
             self._decoder.end_utt()
         self._decoder.start_utt()
         self._in_utterance = True
+
+    def reset(self) -> None:
+        """Forget what earlier utterances taught the decoder, as for a new caller.
+
+        PocketSphinx adapts its cepstral mean to the audio it decodes, utterance after
+        utterance: within a call that helps, but a decoder kept from one call to the next
+        would start the next with the last one's microphone (and, on the benchmark, with
+        whichever scenarios happened to run before)."""
+        if self._in_utterance:
+            self._decoder.end_utt()
+            self._in_utterance = False
+        if self._initial_cmn is not None:
+            self._decoder.set_cmn(self._initial_cmn)
 
     def feed(self, audio: FloatAudio) -> Sequence[str]:
         """Decode more float32 audio in [-1, 1]; return the current words."""
