@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bargein.audio import write_wav
 from bargein.clock import run
 from bargein.policy import (
     Floor,
@@ -20,6 +23,7 @@ from bargein.policy import (
     TurnEndProbability,
     Words,
 )
+from bargein.providers.base import FloatAudio
 from bargein.providers.scripted import ScriptedLLM
 from bargein.session import Session, SessionConfig
 from bargein.turn_end import (
@@ -29,7 +33,13 @@ from bargein.turn_end import (
     TurnEndDetector,
     WordTurnEndDetector,
 )
-from bargein.turn_set import configs_for, summarize_turns
+from bargein.turn_set import (
+    TURN_SET_VERSION,
+    TurnBench,
+    configs_for,
+    run_turn_set,
+    summarize_turns,
+)
 
 from .doubles import LevelVAD, LoggingSpeaker, ScriptedRecognizer, Utterance, WordTTS, drive
 
@@ -229,3 +239,50 @@ def test_the_turn_bench_summary_counts_gaps_and_cut_offs() -> None:
     assert summary["cut_offs"] == 1 and summary["incomplete_turns"] == 2
     labels = [c.label for c in configs_for(["fixed", "semantic"])]
     assert labels == ["fixed 800 ms", "fixed 500 ms", "semantic"]
+
+
+class _ForgetfulRecognizer:
+    """Counts its words so far across calls; ``reset`` is a new call's decoder."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.heard = 0
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.heard = 0
+        self.resets += 1
+
+    def start(self) -> None:
+        pass
+
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        return ()
+
+    def finish(self) -> Sequence[str]:
+        self.heard += 1
+        return ("hello",) * self.heard
+
+
+def test_the_turn_bench_decodes_every_turn_with_a_reset_recogniser(tmp_path: Path) -> None:
+    turns = []
+    for name in ("first", "second"):
+        audio = np.zeros(16000 * 2, dtype=np.float32)
+        audio[6400:14400] = 0.3  # 0.4 s to 0.9 s: one utterance
+        write_wav(tmp_path / f"{name}.wav", audio, 16000)
+        turns.append(
+            {"name": name, "kind": "complete", "text": ["hello"], "voice": "test",
+             "audio": f"{name}.wav", "spans_s": [[0.4, 0.9]], "speech_end_s": 0.9}
+        )  # fmt: skip
+    (tmp_path / "turns.json").write_text(json.dumps({"format": TURN_SET_VERSION, "turns": turns}))
+    recognizer = _ForgetfulRecognizer()
+    bench = TurnBench(LevelVAD(), recognizer)
+    configs = configs_for(["fixed"], [0.8, 0.5])
+    out = run_turn_set(tmp_path, configs, bench=bench, progress=False)
+    # Decoded once per turn (the second configuration replays), each time from scratch:
+    # without the reset the second turn would hear "hello hello".
+    assert recognizer.resets == 2
+    for config in configs:
+        words = [row["words"] for row in out["configs"][config.label]["turns"]]
+        assert words == ["hello", "hello"]

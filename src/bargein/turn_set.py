@@ -19,7 +19,8 @@ measures from the true end of the speech in the audio to the moment the policy g
 agent the floor (a non-preemptive start, or the release of a preemptive one). The
 recogniser's output is recorded on the first configuration and replayed to the others:
 the audio, the VAD and the segmenter are the same, so the calls are the same, and the
-words are exactly what pocketsphinx said.
+words are exactly what pocketsphinx said. Each turn is decoded by a reset recogniser, as
+a new call would be, so its words do not depend on the turns before it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ _TAIL_S: Final = 3.0
 _FLOOR_DBFS: Final = -72.0
 _AUDIBLE_DBFS: Final = -50.0
 _PAUSES_S: Final = (0.5, 1.5)
-_WORDS_CACHE: Final = "pocketsphinx-words.json"
+_WORDS_CACHE: Final = "pocketsphinx-words-2.json"
+"""Each turn decoded by a reset recogniser, as a new call would be. Version 1 of the cache
+(``pocketsphinx-words.json``) kept one decoder adapting across every turn in order; it is
+ignored."""
 
 COMPLETE_TURNS: Final[tuple[str, ...]] = (
     "What time does my flight leave?",
@@ -543,6 +547,11 @@ def run_turn_set(
                 audio = resample(audio, rate, _RATE)
             recorded = bench.calls.get(turn["name"])
             if recorded is None:
+                # A new call: the decoder must not carry what it adapted to in earlier turns,
+                # or a turn's words would depend on the turns played before it.
+                forget = getattr(bench.recognizer, "reset", None)
+                if forget is not None:
+                    forget()
                 recorded = bench.calls[turn["name"]] = []
                 recognizer = _Recording(bench.recognizer, recorded)
             else:
