@@ -26,7 +26,10 @@ How it is made fast enough:
   forced decoding: the sum of the log probabilities Whisper gives their tokens after that
   audio. The class whose best phrase wins by ``margin`` nats is the answer. A reading of
   more than ``max_phrase_words`` distinct words is a sentence, not a phrase, and gets no
-  answer; nor does a tie.
+  answer; nor does a tie. The hums (:data:`HUMS`) are always among the scored phrases:
+  Whisper writes a hum as a made-up word ("Ememam", "Emama", "Iman"), whose first token
+  ranks no hum among the likeliest backchannels, and of the phrases left "no" then
+  scores best.
 
 The answer has the spotter's shape (:class:`bargein.providers.phrases.PocketSphinxPhraseSpotter`):
 the words of one backchannel or one command, or nothing. :class:`bargein.decider.RuleDecider`
@@ -63,7 +66,7 @@ from bargein.decider import (
 )
 from bargein.providers.base import ChosenWords, FloatAudio, ProviderError
 
-__all__ = ["PhraseReading", "WhisperPhraseReader", "WhisperPhraseStream"]
+__all__ = ["HUMS", "PhraseReading", "WhisperPhraseReader", "WhisperPhraseStream"]
 
 _SAMPLE_RATE: Final = 16000
 _HOP: Final = 160
@@ -73,6 +76,12 @@ _FUZZY_MIN_LETTERS: Final = 5
 _MAX_TOKENS: Final = 12
 """Enough for any of the phrases twice over; a sentence is known as one long before."""
 _PROMPT: Final = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+
+HUMS: Final = ("mm", "mhm")
+"""Backchannels scored on every reading that reaches the scoring step (the module's
+docstring says why; ``always_scored`` replaces them). Two are enough: on hums spoken by
+Piper and three eSpeak voices, also scoring "mm hmm", "hmm" and "uh huh" changed no
+answer, and each phrase scored adds to a reading's cost."""
 
 _SPELLINGS: Final = {
     "uh huh": "Uh-huh",
@@ -166,6 +175,7 @@ class WhisperPhraseReader:
         floor_openers: Sequence[str] = FLOOR_OPENERS,
         floor_continuations: Sequence[str] = FLOOR_CONTINUATIONS,
         opening_continuations: Sequence[str] = OPENING_CONTINUATIONS,
+        always_scored: Sequence[str] = HUMS,
     ) -> None:
         if not 0.5 <= window_s <= _MAX_WINDOW_S:
             raise ValueError(f"window_s must be within [0.5, 30], got {window_s}")
@@ -181,6 +191,7 @@ class WhisperPhraseReader:
         self.floor_openers = tuple(tuple(p.split()) for p in floor_openers)
         self.floor_continuations = tuple(floor_continuations)
         self.opening_continuations = tuple(opening_continuations)
+        self.always_scored = tuple(always_scored)
         whisper = shared if shared is not None else self._load(model, cpu_threads)
         try:
             self._model: Any = whisper.model
@@ -302,6 +313,7 @@ class WhisperPhraseReader:
         )
         chosen = [c for c in ranked if c[1]][: self.per_class]
         chosen += [c for c in ranked if not c[1]][: self.per_class]
+        chosen += [c for c in self._candidates if c[0] in self.always_scored and c not in chosen]
         batch = np.repeat(np.asarray(encoded), len(chosen), axis=0)
         aligned = self._model.align(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(batch)),
