@@ -66,7 +66,9 @@ from bargein.tier2 import CLASSES, FEATURE_NAMES, Tier2Model
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tier2"
 DEFAULT_OUT = ROOT / "src" / "bargein" / "models" / "tier2.npz"
-DATA_VERSION = "tier2-data/1"
+DATA_VERSION = "tier2-data/2"
+"""2: each clip played to a reset recogniser, as each benchmark scenario is (version 1 kept
+one PocketSphinx decoder adapting across the clips of a worker)."""
 SR = 16000
 HORIZON_S = 1.3
 """How long after the onset the recording decider holds the overlap open."""
