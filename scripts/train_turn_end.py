@@ -151,7 +151,6 @@ def _decode(clips: list[np.ndarray]) -> list[list[str]]:
     recognizer = PocketSphinxRecognizer()
     out = []
     for clip in clips:
-        recognizer.reset()  # each clip a new call: no mean adapted to the clips before it
         recognizer.start()
         for i in range(0, clip.size, 512):
             recognizer.feed(clip[i : i + 512])
@@ -161,7 +160,7 @@ def _decode(clips: list[np.ndarray]) -> list[list[str]]:
 
 def _spoken(cache: Path) -> list[tuple[list[str], int]]:
     """(recognised words, label) for the spoken examples, decoding once into ``cache``."""
-    path = cache / "spoken-2.json"  # 2: a reset decoder per clip
+    path = cache / "spoken.json"
     if path.is_file():
         return [(w, int(y)) for w, y in json.loads(path.read_text())]
     from bargein.espeak import SpeakRequest, synthesize_batch
