@@ -57,6 +57,7 @@ from bargein.providers.base import (
     SpeechChunk,
     StreamingRecognizer,
     VoiceActivityDetector,
+    start_afresh,
 )
 from bargein.providers.scripted import ScriptedLLM
 from bargein.session import Session, SessionConfig
@@ -547,11 +548,8 @@ def run_turn_set(
                 audio = resample(audio, rate, _RATE)
             recorded = bench.calls.get(turn["name"])
             if recorded is None:
-                # A new call: the decoder must not carry what it adapted to in earlier turns,
-                # or a turn's words would depend on the turns played before it.
-                forget = getattr(bench.recognizer, "reset", None)
-                if forget is not None:
-                    forget()
+                # A new call: a turn's words must not depend on the turns played before it.
+                start_afresh(bench.recognizer)
                 recorded = bench.calls[turn["name"]] = []
                 recognizer = _Recording(bench.recognizer, recorded)
             else:

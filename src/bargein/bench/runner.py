@@ -43,6 +43,7 @@ from bargein.providers.base import (
     TextToSpeech,
     Transcriber,
     VoiceActivityDetector,
+    start_afresh,
 )
 from bargein.providers.scripted import ScriptedLLM
 from bargein.scenario import Scenario, ScenarioError, load_set
@@ -135,10 +136,7 @@ async def run_scenario(
     )
     stack.vad.reset()
     for recognizer in (stack.recognizer, stack.second_opinion):
-        # Each scenario is a new call: a recogniser that adapts to its audio starts afresh.
-        forget = getattr(recognizer, "reset", None)
-        if forget is not None:
-            forget()
+        start_afresh(recognizer)  # each scenario is a new call
     session = Session(
         vad=stack.vad,
         recognizer=stack.recognizer,

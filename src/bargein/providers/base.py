@@ -67,6 +67,15 @@ class StreamingRecognizer(Protocol):
     def finish(self) -> Sequence[str]: ...
 
 
+def start_afresh(recognizer: object) -> None:
+    """Prepare a recogniser that is reused for a new call: one that adapts to the audio it
+    decodes offers ``reset()`` (PocketSphinx's cepstral mean), and forgets the last call's
+    microphone; any other is left as it is."""
+    forget = getattr(recognizer, "reset", None)
+    if forget is not None:
+        forget()
+
+
 class ChosenWords(tuple[str, ...]):
     """Words a closed-set reader chose as the nearest of its phrases to something it did
     not hear as any of them ("Come on." scored closest to "okay"): a forced choice, where
