@@ -11,7 +11,7 @@ import pytest
 from bargein.decider import normalize_words
 from bargein.providers.base import ProviderError, StreamingRecognizer
 from bargein.providers.piper import PiperTTS
-from bargein.providers.whisper_phrases import WhisperPhraseReader, _distinct
+from bargein.providers.whisper_phrases import HUMS, WhisperPhraseReader, _distinct
 from tests.test_phrases import speak
 
 
@@ -171,6 +171,20 @@ def test_bad_options_and_models_are_refused() -> None:
         WhisperPhraseReader(per_class=0)
     with pytest.raises(ProviderError, match="not a faster-whisper"):
         WhisperPhraseReader(shared=object())
+    # A phrase always scored must be one the reader has: a typo would score nothing.
+    with pytest.raises(ValueError, match=r"always_scored .*\['mmm'\]"):
+        WhisperPhraseReader(always_scored=("mm", "mmm"))
+    with pytest.raises(ValueError, match="always_scored"):
+        WhisperPhraseReader(backchannel_phrases=("okay",), always_scored=("mm",))
+
+
+def test_the_hums_are_scored_only_if_the_reader_has_them() -> None:
+    model = WhisperPhraseReader._load(None, cpu_threads=1)
+    assert WhisperPhraseReader(shared=model).always_scored == HUMS
+    mhm = WhisperPhraseReader(shared=model, backchannel_phrases=("okay", "mhm"))
+    assert mhm.always_scored == ("mhm",)
+    none = WhisperPhraseReader(shared=model, backchannel_phrases=("okay", "yeah"))
+    assert none.always_scored == ()
 
 
 def test_a_reading_one_letter_from_a_long_phrase_is_that_phrase(

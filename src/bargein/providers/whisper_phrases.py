@@ -79,7 +79,8 @@ _PROMPT: Final = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notime
 
 HUMS: Final = ("mm", "mhm")
 """Backchannels scored on every reading that reaches the scoring step (the module's
-docstring says why; ``always_scored`` replaces them). Two are enough: on hums spoken by
+docstring says why), those of them among the reader's ``backchannel_phrases``;
+``always_scored`` replaces them. Two are enough: on hums spoken by
 Piper and three eSpeak voices, also scoring "mm hmm", "hmm" and "uh huh" changed no
 answer, and each phrase scored adds to a reading's cost."""
 
@@ -175,12 +176,21 @@ class WhisperPhraseReader:
         floor_openers: Sequence[str] = FLOOR_OPENERS,
         floor_continuations: Sequence[str] = FLOOR_CONTINUATIONS,
         opening_continuations: Sequence[str] = OPENING_CONTINUATIONS,
-        always_scored: Sequence[str] = HUMS,
+        always_scored: Sequence[str] | None = None,
     ) -> None:
         if not 0.5 <= window_s <= _MAX_WINDOW_S:
             raise ValueError(f"window_s must be within [0.5, 30], got {window_s}")
         if per_class < 1:
             raise ValueError(f"per_class must be at least 1, got {per_class}")
+        if always_scored is None:
+            always_scored = [hum for hum in HUMS if hum in backchannel_phrases]
+        scorable = {p for p in (*interrupt_phrases, *backchannel_phrases) if _written(p)}
+        unknown = [phrase for phrase in always_scored if phrase not in scorable]
+        if unknown:
+            raise ValueError(
+                f"always_scored names phrases the reader does not score: {unknown}; "
+                "each must be one of its interrupt_phrases or backchannel_phrases"
+            )
         self.window_s = window_s
         self.margin = margin
         self.per_class = per_class
