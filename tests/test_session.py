@@ -733,6 +733,34 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
     assert record.decided_at == pytest.approx(spotter.peeks[1], abs=1e-3)
 
 
+class QuietPeeker(DeferredSpotter):
+    """A second opinion that reads the overlap so far and hears nothing in it yet."""
+
+    def __init__(self) -> None:
+        super().__init__([([], ("okay",))])
+        self.peeks: list[float] = []
+
+    def peek_later(self) -> Callable[[], Sequence[str]]:
+        self.peeks.append(asyncio.get_running_loop().time())
+        return lambda: ()
+
+
+def test_no_reading_of_the_sound_so_far_starts_once_the_voice_has_stopped() -> None:
+    """Past the last voiced frame the sound may be over, and its final reading, due within
+    the segmenter's hangover, would queue behind a reading of the sound so far (on the
+    real clock, a reading takes 0.2-0.5 s on a 2-core machine)."""
+    spotter = QuietPeeker()
+    session = deferred_session(spotter, ([], ("oh", "kay")), [(1.0, 1.62)], until=4.0)
+    assert not session.errors
+    [record] = session.timeline
+    assert (record.decision, record.reason) == ("resume", "spotted:okay")
+    # Two readings while the voice lasts; the next, due 0.15 s after the second, would
+    # fall inside the hangover after the voice stopped at 1.62.
+    assert len(spotter.peeks) == 2 and spotter.peeks[1] + 0.15 > 1.62
+    assert all(at <= 1.62 + 0.032 for at in spotter.peeks)
+    assert spotter.calls == ["finish_later", "work"]
+
+
 class OkayPeeker(DeferredSpotter):
     """A second opinion that reads "okay" in the overlap so far: heard outright, or only
     chosen as the nearest of its phrases (:class:`ChosenWords`)."""

@@ -315,9 +315,12 @@ class RuleDecider:
       not commit on one or two open words alone;
     - when a decision falls due while a reading is under way
       (:attr:`Overlap.reading_since`), the rule waits for it, up to ``reading_wait_s``
-      after the reading began: the agent is paused meanwhile, so waiting costs silence
-      only if the sound was a backchannel, and deciding without the reading would stop
-      the agent for it.
+      after the reading began while the sound goes on, and ``final_reading_wait_s``
+      once it has ended: the agent is paused meanwhile, so waiting costs silence only
+      if the sound was a backchannel, and deciding without the reading would stop the
+      agent for it. The final reading gets longer: it decides a short sound that the
+      open recogniser's words alone would mostly get wrong, and it may queue behind a
+      reading of the sound so far (on a 2-core AMD EPYC a reading takes 0.2-0.5 s).
     """
 
     uses_frames: ClassVar[bool] = False
@@ -326,6 +329,7 @@ class RuleDecider:
     voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
     reading_wait_s: float = 0.4
+    final_reading_wait_s: float = 0.8
     early_resume_readings: int = 2
     early_resume_fresh_s: float = 0.25
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
@@ -394,12 +398,15 @@ class RuleDecider:
         elif overlap.final_words is None and overlap.speech_ended_at is not None:
             due = overlap.speech_ended_at + self.final_wait_s
         if due is not None and now >= due and overlap.reading_since is not None:
-            due = overlap.reading_since + self.reading_wait_s  # the reading's time is up
+            due = overlap.reading_since + self._reading_wait(overlap)  # the reading's time is up
         return due if due is not None and now < due else None
+
+    def _reading_wait(self, overlap: Overlap) -> float:
+        return self.reading_wait_s if overlap.speech_active else self.final_reading_wait_s
 
     def _reading_awaited(self, overlap: Overlap, now: float) -> bool:
         since = overlap.reading_since
-        return since is not None and now < since + self.reading_wait_s
+        return since is not None and now < since + self._reading_wait(overlap)
 
     def _command(self, reading: tuple[str, ...]) -> str | None:
         """The reading as a command ("" words or backchannels only: None)."""

@@ -496,6 +496,14 @@ class FloorPolicy:
         return self._overlap is not None
 
     @property
+    def overlap_voiced_at(self) -> float | None:
+        """When the VAD last scored the open overlap's sound as voice (None: no overlap
+        is open, or it never did)."""
+        if self._overlap is None or self._overlap.last_voiced_at == float("-inf"):
+            return None
+        return self._overlap.last_voiced_at
+
+    @property
     def user_speaking(self) -> bool:
         return self._turn.speaking
 

@@ -628,6 +628,11 @@ class Session:
             return
         if now < self._spot_started_at + _PEEK_FIRST_S or now < self._last_peek + _PEEK_EVERY_S:
             return
+        voiced_at = self.policy.overlap_voiced_at
+        if voiced_at is None or voiced_at < now:
+            # Not voice now: the sound may be over, and its final reading, which would
+            # queue behind this one, is due within the segmenter's hangover.
+            return
         work = self._recognize(peek)
         if callable(work):
             self._peeked_at = self._last_peek = now
