@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bargein.decider import (
+    Decision,
     Overlap,
     RuleDecider,
     after_backchannels,
@@ -614,6 +615,24 @@ def test_the_end_of_the_sound_waits_for_its_final_reading() -> None:
     assert policy.next_deadline() == pytest.approx(1.8)
     assert FlushOutput(1) in policy.handle(Tick(1.8))
     assert policy.interruptions[0].reason == "words:no"
+
+
+def test_over_an_echo_the_final_reading_gets_the_short_wait() -> None:
+    """Over an echo the rule without the reading resumes on a word or two (the canceller's
+    residue) rather than commit, so it waits for a final reading only 0.4 s."""
+    overlap = Overlap(onset_at=1.0, agent_audible=True, last_voiced_at=1.4, over_echo=True)
+    overlap.speech_active, overlap.speech_ended_at = False, 1.5
+    overlap.reading_since = 1.5
+    overlap.partials.append((1.6, ("the", "pay")))
+    rule = RuleDecider()
+    assert rule.decide(overlap, 1.85) is None
+    assert rule.deadline(overlap, 1.85) == pytest.approx(1.9)
+    decision = rule.decide(overlap, 1.9)
+    assert decision == Decision("resume", "echo residue:the pay")
+    # The same sound with no echo waits for its reading up to 0.8 s.
+    overlap.over_echo = False
+    assert rule.decide(overlap, 1.9) is None
+    assert rule.deadline(overlap, 1.9) == pytest.approx(2.3)
 
 
 def test_an_early_backchannel_reading_holds_off_the_duration_commit() -> None:

@@ -321,6 +321,9 @@ class RuleDecider:
       agent for it. The final reading gets longer: it decides a short sound that the
       open recogniser's words alone would mostly get wrong, and it may queue behind a
       reading of the sound so far (on a 2-core AMD EPYC a reading takes 0.2-0.5 s).
+      Not over an echo (:attr:`Overlap.over_echo`), though: there the rule without the
+      reading resumes on a word or two rather than commit, and the shorter wait holds
+      the agent paused less while the user may be starting to talk.
     """
 
     uses_frames: ClassVar[bool] = False
@@ -402,7 +405,12 @@ class RuleDecider:
         return due if due is not None and now < due else None
 
     def _reading_wait(self, overlap: Overlap) -> float:
-        return self.reading_wait_s if overlap.speech_active else self.final_reading_wait_s
+        if overlap.speech_active or overlap.over_echo:
+            # Over an echo, the rule without the reading resumes on one or two open words
+            # (the canceller's residue) rather than commit, so a longer wait would only
+            # keep the agent paused while the user may be starting to talk.
+            return self.reading_wait_s
+        return self.final_reading_wait_s
 
     def _reading_awaited(self, overlap: Overlap, now: float) -> bool:
         since = overlap.reading_since
