@@ -617,6 +617,53 @@ def test_the_end_of_the_sound_waits_for_its_final_reading() -> None:
     assert policy.interruptions[0].reason == "words:no"
 
 
+def test_a_sound_the_user_went_on_from_is_decided_by_the_next_one() -> None:
+    """ "Oh, | really?" on a busy machine: the user went on before the reading of "Oh" came
+    back, and the session gave that reading up. Tier 2 decides on the next sound, not on
+    the open recogniser's "bull" for "Oh", and that sound's length counts from its own
+    start."""
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.3)
+    policy.handle(SpeechEnded(1.45))
+    policy.handle(ReadingStarted(1.45, policy.utterance))
+    assert policy.handle(Words(1.6, ("bull",), final=True, user_went_on=True)) == []
+    assert policy.handle(SpeechStarted(1.6)) == []
+    # Voiced 0.8 s after the first onset, but the sound under way began at 1.6.
+    assert voice(policy, 1.6, 2.3) == []
+    assert policy.state is Floor.TENTATIVE
+    policy.handle(SpeechEnded(2.45))
+    policy.handle(ReadingStarted(2.45, policy.utterance))
+    actions = policy.handle(Words(2.7, ("really",), final=True, second_opinion=("really",)))
+    assert actions == [ResumeOutput(1)]
+    assert policy.interruptions[0].reason == "backchannel:really"
+    # A long second sound still takes the floor, 0.8 s after its own start.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.3)
+    policy.handle(SpeechEnded(1.45))
+    policy.handle(Words(1.6, ("bull",), final=True, user_went_on=True))
+    policy.handle(SpeechStarted(1.6))
+    assert voice(policy, 1.6, 2.38) == []
+    assert FlushOutput(1) in voice(policy, 2.4, 2.45)
+    assert policy.interruptions[0].reason == "duration"
+    # A command in the sound before commits as the next one starts.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.3)
+    policy.handle(SpeechEnded(1.45))
+    assert policy.handle(Words(1.6, ("stop",), final=True, user_went_on=True)) == []
+    assert FlushOutput(1) in policy.handle(SpeechStarted(1.6))
+    assert policy.interruptions[0].reason == "word:stop"
+    # Final words without a reading for any other reason decide at once.
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.3)
+    policy.handle(SpeechEnded(1.45))
+    assert FlushOutput(1) in policy.handle(Words(1.6, ("bull",), final=True))
+    assert policy.interruptions[0].reason == "words:bull"
+
+
 def test_over_an_echo_the_final_reading_gets_the_short_wait() -> None:
     """Over an echo the rule without the reading resumes on a word or two (the canceller's
     residue) rather than commit, so it waits for a final reading only 0.4 s."""

@@ -691,6 +691,53 @@ def test_a_failing_deferred_reading_is_reported_and_the_rule_decides_without_it(
     assert session.errors == ["recogniser: RuntimeError: reader gone"]
 
 
+class SlowSpotter(DeferredSpotter):
+    """A second opinion whose final reading takes half a second (see ``slow_readings``)."""
+
+    def finish_later(self) -> Callable[[], Sequence[str]]:
+        work = super().finish_later()
+        work.slow = True  # type: ignore[attr-defined]
+        return work
+
+
+def test_a_reading_given_up_when_the_user_went_on_leaves_the_decision_to_the_next_sound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Oh, | really?" where a reading takes 0.5 s: the user goes on before the reading of
+    "Oh" comes back. The open recogniser heard "bull"; tier 2 waits for the next sound
+    and its reading instead of stopping the agent on that."""
+
+    async def slow_readings(fn: Callable[..., object], *args: object) -> object:
+        if getattr(fn, "slow", False):
+            await asyncio.sleep(0.5)
+        return fn(*args)
+
+    monkeypatch.setattr("bargein.session.run_blocking", slow_readings)
+    spotter = SlowSpotter([([], ("oh",)), ([], ("really",))])
+
+    async def main() -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=ScriptedRecognizer([([], ("bull",)), ([], ("really",)), WHAT_ABOUT_TUESDAY]),
+            second_opinion=spotter,
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            await drive(session, speaker, [(1.0, 1.4), (1.7, 2.1)], until=5.0)
+        return session
+
+    session = run(main(), clock="virtual")
+    assert not session.errors
+    [record] = session.timeline
+    assert record.decision == "resume" and record.reason == "backchannel:really"
+    assert record.decided_at is not None and record.decided_at > 2.1
+    # Both sounds were read; the first reading came back after the second sound began.
+    assert spotter.calls == ["finish_later", "work", "finish_later", "work"]
+
+
 class CreepingLoop(VirtualEventLoop):
     """Virtual time that moves a microsecond whenever it is read, as a real clock moves
     while a frame is processed: an event stamped with a later reading must never reach

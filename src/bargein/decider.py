@@ -46,6 +46,9 @@ class Overlap:
     onset_at: float
     agent_audible: bool
     """Whether the agent's audio had started playing when the user started."""
+    sound_at: float | None = None
+    """When the sound under way began, if not at the onset: the user went on to it while
+    the reading of the one before was under way, and that sound was left undecided."""
     speech_active: bool = True
     speech_ended_at: float | None = None
     last_voiced_at: float = float("-inf")
@@ -281,7 +284,9 @@ class RuleDecider:
       final one; partials flicker, and one frame of "no" inside "oh" is not a command;
     - speech still voiced ``commit_after_s`` after the onset commits (voiced within the
       last ``voiced_gap_s``: the VAD segmenter's end-of-speech hangover is silence, and
-      counting it would turn every half-second "okay" into a bid for the floor);
+      counting it would turn every half-second "okay" into a bid for the floor); after
+      the start of the sound under way (:attr:`Overlap.sound_at`) if the user went on
+      to it from one whose reading was given up ("Oh, | really?" on a busy machine);
     - a sound that ended without the VAD ever scoring it as voice resumes at once;
     - speech that ended before that resumes if its final words are only backchannel or
       none at all, and commits otherwise. If the final words do not arrive within
@@ -458,7 +463,8 @@ class RuleDecider:
 
     def _duration_due(self, overlap: Overlap) -> float:
         backchannel = self._backchannel(overlap.early_reading or ()) is not None
-        return overlap.onset_at + (self.backchannel_after_s if backchannel else self.commit_after_s)
+        start = overlap.onset_at if overlap.sound_at is None else overlap.sound_at
+        return start + (self.backchannel_after_s if backchannel else self.commit_after_s)
 
     def _interrupt_word(self, overlap: Overlap) -> str | None:
         if overlap.final_words is not None:

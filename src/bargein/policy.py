@@ -101,6 +101,9 @@ class Words:
     final: bool = False
     second_opinion: tuple[str, ...] | None = None
     """With a final: a second recogniser's reading of an overlap (None: none ran)."""
+    user_went_on: bool = False
+    """With a final: the user spoke again while the second reading was under way, and the
+    session gave up on it; the next sound starts at this instant."""
 
 
 @dataclass(frozen=True)
@@ -564,9 +567,19 @@ class FloorPolicy:
         self._turn.completeness = None
         self._turn.awaiting_final = False
         if self.state is Floor.TENTATIVE and self._overlap is not None:
-            self._overlap.speech_active = True
-            self._overlap.speech_ended_at = None
-            return self._decide(event.at)
+            overlap = self._overlap
+            overlap.speech_active = True
+            overlap.speech_ended_at = None
+            actions = self._decide(event.at)  # a command in the sound before commits
+            if self.state is Floor.TENTATIVE and overlap.sound_at == event.at:
+                # The final words given just now, as the user went on (``_on_words``):
+                # the sound before ended undecided, its reading given up. Its words
+                # become history, and this sound's own words, readings and length
+                # decide.
+                if overlap.final_words is not None:
+                    overlap.partials.append((event.at, overlap.final_words))
+                overlap.final_words = None
+            return actions
         self._overlap = None  # a watched sound ended before this one: a new onset
         if self.state is Floor.PREPARING:
             return self._user_went_on()
@@ -629,6 +642,12 @@ class FloorPolicy:
                 self._overlap.final_words = words
                 self._overlap.second_opinion = event.second_opinion
                 self._overlap.reading_since = None
+                if event.user_went_on and self.state is Floor.TENTATIVE:
+                    # "Oh, | really?": the reading that would have told "oh" from the
+                    # open recogniser's "bull" is gone. The next sound starts now and is
+                    # read afresh; tier 2 decides on it rather than on "bull".
+                    self._overlap.sound_at = event.at
+                    return []
             else:
                 self._overlap.partials.append((event.at, words))
             if self.state is not Floor.TENTATIVE:

@@ -517,10 +517,10 @@ class Session:
     def _flush_final(self, at: float) -> None:
         """Deliver final words still waiting for a second reading, without it: the user
         spoke again (at ``at``), and the policy must hear one utterance's end before the
-        next start."""
+        next start. The reading, when it comes, is dropped."""
         pending, self._pending_final = self._pending_final, None
         if pending is not None:
-            self._final_words(replace(pending, at=at))
+            self._final_words(replace(pending, at=at, user_went_on=True))
 
     def _final_words(self, words: Words) -> None:
         self._handle(words)
