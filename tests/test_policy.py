@@ -65,6 +65,16 @@ def voice(policy: FloorPolicy, start: float, until: float) -> list[object]:
     return actions
 
 
+def sound_ended(voiced_until: float, ended: float) -> FloorPolicy:
+    """A speaking policy and a sound over the agent, voiced from 1.0 to ``voiced_until``,
+    that the segmenter ended at ``ended``."""
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, voiced_until)
+    policy.handle(SpeechEnded(ended))
+    return policy
+
+
 def run_until_quiet(policy: FloorPolicy, until: float) -> list[object]:
     """Deliver ticks at every deadline up to ``until``, collecting the actions."""
     actions: list[object] = []
@@ -584,10 +594,7 @@ def test_the_duration_rule_waits_for_a_reading_under_way() -> None:
 
 
 def test_the_end_of_the_sound_waits_for_its_final_reading() -> None:
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.5)
-    policy.handle(SpeechEnded(1.5))
+    policy = sound_ended(1.5, 1.5)
     policy.handle(ReadingStarted(1.5, policy.utterance))
     # Past the 0.3 s wait for final words, the rule waits for the reading instead of
     # deciding on the partial words alone, up to 0.8 s after it began (0.4 s while the
@@ -597,20 +604,14 @@ def test_the_end_of_the_sound_waits_for_its_final_reading() -> None:
     actions = policy.handle(Words(2.25, ("okay",), final=True, second_opinion=("mm", "hmm")))
     assert actions == [ResumeOutput(1)] and policy.interruptions[0].decided_at == 2.25
     # A final reading that never comes holds the decision up no longer than that.
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.5)
-    policy.handle(SpeechEnded(1.5))
+    policy = sound_ended(1.5, 1.5)
     policy.handle(ReadingStarted(1.5, policy.utterance))
     policy.handle(Words(1.6, ("no",)))
     assert policy.handle(Tick(2.29)) == []
     assert FlushOutput(1) in policy.handle(Tick(2.3))
     assert policy.interruptions[0].reason == "words:no"
     # Without a reading under way, the partial words decide 0.3 s after the end.
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.5)
-    policy.handle(SpeechEnded(1.5))
+    policy = sound_ended(1.5, 1.5)
     policy.handle(Words(1.6, ("no",)))
     assert policy.next_deadline() == pytest.approx(1.8)
     assert FlushOutput(1) in policy.handle(Tick(1.8))
@@ -622,10 +623,7 @@ def test_a_sound_the_user_went_on_from_is_decided_by_the_next_one() -> None:
     back, and the session gave that reading up. Tier 2 decides on the next sound, not on
     the open recogniser's "bull" for "Oh", and that sound's length counts from its own
     start."""
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.3)
-    policy.handle(SpeechEnded(1.45))
+    policy = sound_ended(1.3, 1.45)
     policy.handle(ReadingStarted(1.45, policy.utterance))
     assert policy.handle(Words(1.6, ("bull",), final=True, user_went_on=True)) == []
     assert policy.handle(SpeechStarted(1.6)) == []
@@ -638,28 +636,19 @@ def test_a_sound_the_user_went_on_from_is_decided_by_the_next_one() -> None:
     assert actions == [ResumeOutput(1)]
     assert policy.interruptions[0].reason == "backchannel:really"
     # A long second sound still takes the floor, 0.8 s after its own start.
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.3)
-    policy.handle(SpeechEnded(1.45))
+    policy = sound_ended(1.3, 1.45)
     policy.handle(Words(1.6, ("bull",), final=True, user_went_on=True))
     policy.handle(SpeechStarted(1.6))
     assert voice(policy, 1.6, 2.38) == []
     assert FlushOutput(1) in voice(policy, 2.4, 2.45)
     assert policy.interruptions[0].reason == "duration"
     # A command in the sound before commits as the next one starts.
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.3)
-    policy.handle(SpeechEnded(1.45))
+    policy = sound_ended(1.3, 1.45)
     assert policy.handle(Words(1.6, ("stop",), final=True, user_went_on=True)) == []
     assert FlushOutput(1) in policy.handle(SpeechStarted(1.6))
     assert policy.interruptions[0].reason == "word:stop"
     # Final words without a reading for any other reason decide at once.
-    policy = speaking_policy()
-    policy.handle(SpeechStarted(1.0))
-    voice(policy, 1.0, 1.3)
-    policy.handle(SpeechEnded(1.45))
+    policy = sound_ended(1.3, 1.45)
     assert FlushOutput(1) in policy.handle(Words(1.6, ("bull",), final=True))
     assert policy.interruptions[0].reason == "words:bull"
 

@@ -652,15 +652,17 @@ def deferred_session(
     spans: Sequence[tuple[float, float]] = ((1.0, 1.4), (9.0, 10.0)),
     until: float = 11.0,
     loop: type[VirtualEventLoop] = VirtualEventLoop,
+    then: Sequence[Utterance] = (),
 ) -> Session:
     """A session whose open recogniser hears ``heard`` (a mishearing, by default) over
-    the agent, then the user's own turn, with ``spotter`` as its second opinion."""
+    the agent, ``then`` in the sounds after it, then the user's own turn, with
+    ``spotter`` as its second opinion."""
 
     async def main() -> Session:
         speaker = LoggingSpeaker([])
         session = Session(
             vad=LevelVAD(),
-            recognizer=ScriptedRecognizer([heard, WHAT_ABOUT_TUESDAY]),
+            recognizer=ScriptedRecognizer([heard, *then, WHAT_ABOUT_TUESDAY]),
             second_opinion=spotter,
             llm=ScriptedLLM([AGENT, ANSWER]),
             tts=WordTTS(),
@@ -714,22 +716,9 @@ def test_a_reading_given_up_when_the_user_went_on_leaves_the_decision_to_the_nex
 
     monkeypatch.setattr("bargein.session.run_blocking", slow_readings)
     spotter = SlowSpotter([([], ("oh",)), ([], ("really",))])
-
-    async def main() -> Session:
-        speaker = LoggingSpeaker([])
-        session = Session(
-            vad=LevelVAD(),
-            recognizer=ScriptedRecognizer([([], ("bull",)), ([], ("really",)), WHAT_ABOUT_TUESDAY]),
-            second_opinion=spotter,
-            llm=ScriptedLLM([AGENT, ANSWER]),
-            tts=WordTTS(),
-            sink=speaker,
-        )
-        async with session:
-            await drive(session, speaker, [(1.0, 1.4), (1.7, 2.1)], until=5.0)
-        return session
-
-    session = run(main(), clock="virtual")
+    bull: Utterance = ([], ("bull",))
+    really: Utterance = ([], ("really",))
+    session = deferred_session(spotter, bull, [(1.0, 1.4), (1.7, 2.1)], 5.0, then=[really])
     assert not session.errors
     [record] = session.timeline
     assert record.decision == "resume" and record.reason == "backchannel:really"
@@ -749,15 +738,20 @@ class CreepingLoop(VirtualEventLoop):
 
 
 class PeekingSpotter(DeferredSpotter):
-    """A second opinion that can read the overlap so far, and always hears "stop"."""
+    """A second opinion that can read the overlap so far: ``heard`` in every reading of
+    it, ``final`` in the last."""
 
-    def __init__(self) -> None:
-        super().__init__([([], ("stop",))])
+    def __init__(
+        self, heard: tuple[str, ...] = ("stop",), final: tuple[str, ...] = ("stop",)
+    ) -> None:
+        super().__init__([([], final)])
+        self.heard = heard
         self.peeks: list[float] = []
 
     def peek_later(self) -> Callable[[], Sequence[str]]:
         self.peeks.append(asyncio.get_running_loop().time())
-        return lambda: ("stop",)
+        heard = self.heard
+        return lambda: heard
 
 
 @pytest.mark.parametrize("loop", [VirtualEventLoop, CreepingLoop])
@@ -780,23 +774,11 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
     assert record.decided_at == pytest.approx(spotter.peeks[1], abs=1e-3)
 
 
-class QuietPeeker(DeferredSpotter):
-    """A second opinion that reads the overlap so far and hears nothing in it yet."""
-
-    def __init__(self) -> None:
-        super().__init__([([], ("okay",))])
-        self.peeks: list[float] = []
-
-    def peek_later(self) -> Callable[[], Sequence[str]]:
-        self.peeks.append(asyncio.get_running_loop().time())
-        return lambda: ()
-
-
 def test_no_reading_of_the_sound_so_far_starts_once_the_voice_has_stopped() -> None:
     """Past the last voiced frame the sound may be over, and its final reading, due within
     the segmenter's hangover, would queue behind a reading of the sound so far (on the
     real clock, a reading takes 0.2-0.5 s on a 2-core machine)."""
-    spotter = QuietPeeker()
+    spotter = PeekingSpotter(heard=(), final=("okay",))
     session = deferred_session(spotter, ([], ("oh", "kay")), [(1.0, 1.62)], until=4.0)
     assert not session.errors
     [record] = session.timeline
