@@ -5,13 +5,17 @@ Piper runs without sampling noise, so each clip and each reading is the same on 
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from bargein.decider import normalize_words
 from bargein.providers.base import ProviderError, StreamingRecognizer
 from bargein.providers.piper import PiperTTS
-from bargein.providers.whisper_phrases import HUMS, WhisperPhraseReader, _distinct
+from bargein.providers.whisper_phrases import HUMS, WhisperPhraseReader, _distinct, _Turns
 from tests.test_phrases import speak
 
 
@@ -246,3 +250,95 @@ def test_a_hum_written_as_a_made_up_word_is_scored_against_the_hums(
     assert reading.words in {("mm",), ("mhm",)}
     monkeypatch.setattr(reader, "always_scored", ())
     assert reader.read(audio).words not in {("mm",), ("mhm",)}
+
+
+class _Watched:
+    """The reader's model, with a record of the calls made to it and a hook after each."""
+
+    def __init__(self, model: object, after: Callable[[str], None] = lambda name: None) -> None:
+        self._model = model
+        self._after = after
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        method = getattr(self._model, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls.append(name)
+            result = method(*args, **kwargs)
+            self._after(name)
+            return result
+
+        return call
+
+
+def test_a_peek_stops_once_its_final_reading_is_asked_for(
+    tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peek that has not begun when the utterance closes never reaches the model, and the
+    final reading is made as usual."""
+    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
+    watched = _Watched(reader._model)
+    monkeypatch.setattr(reader, "_model", watched)
+    stream = reader.stream()
+    stream.start()
+    stream.feed(speak(tts, "Wade."))
+    peek = stream.peek_later()
+    final = stream.finish_later()
+    assert list(peek()) == []
+    assert watched.calls == []
+    assert list(final()) == ["wait"]
+    assert watched.calls == ["encode", "generate", "align"]
+
+
+def test_a_peek_under_way_stops_before_scoring(
+    tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final reading is asked for while the peek's greedy decode runs: the peek skips
+    its scoring, the costly step, and gives no answer; a new utterance stops it too."""
+    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
+    model = reader._model
+    audio = speak(tts, "Wade.")
+    for close in ("finish_later", "start"):
+        stream = reader.stream()
+        closes: Callable[[], object] = getattr(stream, close)
+
+        def during_decode(name: str, closes: Callable[[], object] = closes) -> None:
+            if name == "generate":
+                closes()
+
+        watched = _Watched(model, during_decode)
+        monkeypatch.setattr(reader, "_model", watched)
+        stream.start()
+        stream.feed(audio)
+        assert list(stream.peek_later()()) == []
+        assert watched.calls == ["encode", "generate"]
+    stop = threading.Event()
+    after_decode = _Watched(model, lambda name: stop.set() if name == "generate" else None)
+    monkeypatch.setattr(reader, "_model", after_decode)
+    reading = reader.read(audio, final=False, stop=stop)
+    assert (reading.words, reading.how) == ((), "dropped")
+    assert reading.free_text  # what the greedy decode read before the stop
+    assert after_decode.calls == ["encode", "generate"]
+
+
+def test_a_final_reading_goes_before_a_waiting_peek() -> None:
+    turns = _Turns()
+    order: list[str] = []
+
+    def read(final: bool) -> None:
+        with turns.turn(final):
+            order.append("final" if final else "peek")
+
+    with turns.turn(final=False):
+        peek = threading.Thread(target=read, args=(False,))
+        peek.start()
+        final = threading.Thread(target=read, args=(True,))
+        final.start()
+        deadline = time.monotonic() + 10
+        while turns._finals_waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert turns._finals_waiting == 1
+    peek.join(10)
+    final.join(10)
+    assert order == ["final", "peek"]
