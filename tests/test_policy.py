@@ -534,6 +534,30 @@ def test_the_rule_weighs_a_phrase_spotters_second_opinion(
     assert decision is not None and (decision.kind, decision.reason) == expected
 
 
+@pytest.mark.parametrize(
+    ("heard", "expected"),
+    [
+        # A word or two the open recogniser made of a phrase the reader could not place.
+        (("q",), ("resume", "too close:q")),
+        (("gold", "it"), ("resume", "too close:gold it")),
+        # A command the open recogniser heard still commits, and so do three words or more.
+        (("stop",), ("commit", "word:stop")),
+        (("and", "then", "we"), ("commit", "words:and then we")),
+    ],
+)
+def test_after_a_tie_a_word_or_two_do_not_commit(
+    heard: tuple[str, ...], expected: tuple[str, str]
+) -> None:
+    overlap = ended_overlap(heard, 0.5, second_opinion=())
+    overlap.second_opinion_too_close = True
+    decision = RuleDecider().decide(overlap, 0.5)
+    assert decision is not None and (decision.kind, decision.reason) == expected
+    # No answer for another reason (a sentence, a failed reading): the words decide.
+    overlap.second_opinion_too_close = False
+    decision = RuleDecider().decide(overlap, 0.5)
+    assert decision is not None and decision.kind == "commit"
+
+
 def test_the_ablation_baselines_decide_on_voice_alone() -> None:
     from bargein.decider import DurationDecider, VoiceOnlyDecider
 

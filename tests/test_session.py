@@ -19,7 +19,7 @@ from bargein.policy import (
     SpeechEnded,
     VoiceActivity,
 )
-from bargein.providers.base import ChosenWords, FloatAudio
+from bargein.providers.base import ChosenWords, FloatAudio, TooClose
 from bargein.providers.scripted import ScriptedLLM
 from bargein.session import AudioFormatError, Session, SessionConfig
 from tests.doubles import (
@@ -691,6 +691,23 @@ def test_a_failing_deferred_reading_is_reported_and_the_rule_decides_without_it(
     [record] = session.timeline
     assert (record.decision, record.reason) == ("commit", "words:look i")
     assert session.errors == ["recogniser: RuntimeError: reader gone"]
+
+
+class TieSpotter(DeferredSpotter):
+    """A second opinion that heard one of its phrases but could not tell which."""
+
+    def finish_later(self) -> Callable[[], Sequence[str]]:
+        super().finish_later()
+        return lambda: TooClose()
+
+
+def test_a_tie_in_the_second_reading_reaches_tier_2() -> None:
+    """A tie: the open recogniser's "look i" is not enough to stop the agent. An empty
+    reading that is no tie (a sentence, say) leaves the decision to those words."""
+    [record] = deferred_session(TieSpotter([([], ())])).timeline
+    assert (record.decision, record.reason) == ("resume", "too close:look i")
+    [record] = deferred_session(DeferredSpotter([([], ())])).timeline
+    assert (record.decision, record.reason) == ("commit", "words:look i")
 
 
 class SlowSpotter(DeferredSpotter):

@@ -13,9 +13,15 @@ import numpy as np
 import pytest
 
 from bargein.decider import normalize_words
-from bargein.providers.base import ProviderError, StreamingRecognizer
+from bargein.providers.base import ProviderError, StreamingRecognizer, TooClose
 from bargein.providers.piper import PiperTTS
-from bargein.providers.whisper_phrases import HUMS, WhisperPhraseReader, _distinct, _Turns
+from bargein.providers.whisper_phrases import (
+    HUMS,
+    PhraseReading,
+    WhisperPhraseReader,
+    _distinct,
+    _Turns,
+)
 from tests.test_phrases import speak
 
 
@@ -342,3 +348,17 @@ def test_a_final_reading_goes_before_a_waiting_peek() -> None:
     peek.join(10)
     final.join(10)
     assert order == ["final", "peek"]
+
+
+def test_a_final_reading_says_when_it_was_a_tie(
+    reader: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of the empty answers only a tie is :class:`TooClose`: a sentence or silence says
+    nothing about which phrase the sound was like."""
+    for how, too_close in (("tie", True), ("sentence", False), ("silent", False)):
+        monkeypatch.setattr(reader, "read", lambda audio, how=how: PhraseReading((), how, ""))
+        stream = reader.stream()
+        stream.start()
+        stream.feed(np.zeros(320, dtype=np.float32))
+        heard = stream.finish()
+        assert list(heard) == [] and isinstance(heard, TooClose) is too_close

@@ -64,6 +64,9 @@ class Overlap:
     second_opinion: tuple[str, ...] | None = None
     """A second recogniser's final reading of the sound, when one ran: one of the
     backchannels or commands, or nothing."""
+    second_opinion_too_close: bool = False
+    """The second reading's nothing was a tie: it heard one of its phrases, a command and
+    a backchannel about equally likely."""
     early_readings: list[tuple[str, ...]] = field(default_factory=list)
     """The same recogniser's readings of the sound so far while it goes on, oldest first."""
     early_chosen: list[bool] = field(default_factory=list)
@@ -317,7 +320,9 @@ class RuleDecider:
       other words, an earlier reading that heard a backchannel, where none heard a
       command, resumes;
     - a sound over an echo the canceller is removing (:attr:`Overlap.over_echo`) does
-      not commit on one or two open words alone;
+      not commit on one or two open words alone, nor does a sound whose final reading was
+      a tie (:attr:`Overlap.second_opinion_too_close`): the reader heard a phrase, not a
+      sentence, and could not tell which;
     - when a decision falls due while a reading is under way
       (:attr:`Overlap.reading_since`), the rule waits for it, up to ``reading_wait_s``
       after the reading began while the sound goes on, and ``final_reading_wait_s``
@@ -396,6 +401,13 @@ class RuleDecider:
             # word or two of them ("the paper" for "the pancakes"). A user's bid over the
             # agent is a command the reader spots, or a longer sentence.
             return Decision("resume", "echo residue:" + " ".join(words))
+        if overlap.second_opinion_too_close and len(words) <= 2:
+            # Whisper heard one of the phrases, but a command and a backchannel alike:
+            # "Come on!" for "Cool.", "Blot it" for "Got it.", a made-up word for "Mm.".
+            # The open recogniser's word or two for such a sound are a guess ("q", "gold
+            # it", "and then"), and on the benchmark's sets most such sounds were
+            # backchannels; a command the open recogniser heard has committed above.
+            return Decision("resume", "too close:" + " ".join(words))
         return Decision("commit", "words:" + " ".join(words))
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:

@@ -71,6 +71,7 @@ from bargein.providers.base import (
     LanguageModel,
     StreamingRecognizer,
     TextToSpeech,
+    TooClose,
     ToolCall,
     Transcriber,
     VoiceActivityDetector,
@@ -486,7 +487,7 @@ class Session:
             reading = self._spotting and self.second_opinion is not None
             later = getattr(self.second_opinion, "finish_later", None) if reading else None
             self._handle(change)
-            second: tuple[str, ...] | None = None
+            second: Sequence[str] | None = None
             if reading and not confirmed:
                 self._spotting, second = False, ()  # no voice: nothing to read
             elif later is not None and self._group is not None:
@@ -502,17 +503,17 @@ class Session:
                     return
             elif reading:
                 second = self._spotted()
-            self._final_words(Words(at, final, final=True, second_opinion=second))
+            self._final_words(_with_reading(Words(at, final, final=True), second))
 
     async def _second_reading(self, pending: Words, work: Callable[[], Sequence[str]]) -> None:
         try:
-            words: tuple[str, ...] | None = tuple(await run_blocking(work))
+            heard: Sequence[str] | None = await run_blocking(work)
         except Exception as exc:
             self._recogniser_failed(exc)
-            words = None
+            heard = None
         if self._pending_final is pending:
             self._pending_final = None
-            self._final_words(replace(pending, at=self.now(), second_opinion=words))
+            self._final_words(_with_reading(replace(pending, at=self.now()), heard))
 
     def _flush_final(self, at: float) -> None:
         """Deliver final words still waiting for a second reading, without it: the user
@@ -656,12 +657,13 @@ class Session:
         chosen = isinstance(heard, ChosenWords)
         self._handle(Reading(self.now(), utterance, tuple(heard), chosen))
 
-    def _spotted(self) -> tuple[str, ...] | None:
+    def _spotted(self) -> Sequence[str] | None:
         """Close the second recogniser's utterance: its final words, or None if it did not run."""
         if not self._spotting or self.second_opinion is None:
             return None
         self._spotting = False
-        return tuple(self._recognize(self.second_opinion.finish))
+        heard: Sequence[str] = self._recognize(self.second_opinion.finish)
+        return heard
 
     def _agent_context(self) -> str:
         """What the agent had said: the words heard, through the end of that sentence."""
@@ -1098,3 +1100,10 @@ def describe_error(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
+
+
+def _with_reading(final: Words, heard: Sequence[str] | None) -> Words:
+    """The final words with the second recogniser's reading of them (None: none ran)."""
+    if heard is None:
+        return replace(final, second_opinion=None)
+    return replace(final, second_opinion=tuple(heard), too_close=isinstance(heard, TooClose))

@@ -55,7 +55,8 @@ class StreamingRecognizer(Protocol):
     ``peek_later()`` of the same shape, a reading of the utterance so far that leaves it
     open, which the session asks for now and then while a second opinion's overlap lasts.
     A reading returned as :class:`ChosenWords` was the reader's choice among its phrases,
-    not what it heard outright.
+    not what it heard outright; a final reading returned as :class:`TooClose` heard one of
+    its phrases but could not tell which.
     """
 
     sample_rate: int
@@ -81,6 +82,14 @@ class ChosenWords(tuple[str, ...]):
     not hear as any of them ("Come on." scored closest to "okay"): a forced choice, where
     a plain sequence of words was heard outright. Tier 2 takes the agent's floor back on
     readings it heard outright only."""
+
+    __slots__ = ()
+
+
+class TooClose(tuple[str, ...]):
+    """No answer from a closed-set reader that heard something phrase-like, neither a
+    sentence nor silence, but scored its best command and its best backchannel too close
+    to tell apart ("Come on!" for "Cool.", "Blot it" for "Got it."). Always empty."""
 
     __slots__ = ()
 

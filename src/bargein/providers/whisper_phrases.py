@@ -26,15 +26,16 @@ How it is made fast enough:
   forced decoding: the sum of the log probabilities Whisper gives their tokens after that
   audio. The class whose best phrase wins by ``margin`` nats is the answer. A reading of
   more than ``max_phrase_words`` distinct words is a sentence, not a phrase, and gets no
-  answer; nor does a tie. The hums (:data:`HUMS`) are always among the scored phrases:
-  Whisper writes a hum as a made-up word ("Ememam", "Emama", "Iman"), whose first token
-  ranks no hum among the likeliest backchannels, and of the phrases left "no" then
-  scores best.
+  answer; nor does a tie, though a final reading says it was one (:class:`TooClose`).
+  The hums (:data:`HUMS`) are always among the scored phrases: Whisper writes a hum as a
+  made-up word ("Ememam", "Emama", "Iman"), whose first token ranks no hum among the
+  likeliest backchannels, and of the phrases left "no" then scores best.
 
 The answer has the spotter's shape (:class:`bargein.providers.phrases.PocketSphinxPhraseSpotter`):
 the words of one backchannel or one command, or nothing. :class:`bargein.decider.RuleDecider`
 commits on a command and resumes on a backchannel; on nothing it decides on the streaming
-recogniser's words as it would without a second opinion.
+recogniser's words as it would without a second opinion, except that after a tie it does
+not commit on a word or two of them.
 
 One :class:`WhisperPhraseReader` holds the model and is shared by every session (calls are
 thread-safe); each session gets its own :meth:`WhisperPhraseReader.stream`, which buffers the
@@ -72,7 +73,7 @@ from bargein.decider import (
     normalize_words,
     only_backchannel,
 )
-from bargein.providers.base import ChosenWords, FloatAudio, ProviderError
+from bargein.providers.base import ChosenWords, FloatAudio, ProviderError, TooClose
 
 __all__ = ["HUMS", "PhraseReading", "WhisperPhraseReader", "WhisperPhraseStream"]
 
@@ -480,13 +481,14 @@ class WhisperPhraseStream:
     def finish_later(self) -> Callable[[], Sequence[str]]:
         """Close the utterance now and return the reading as work to run later, off the
         event loop (the session does): the buffer is taken here, so the next
-        :meth:`start` cannot race with the reading."""
+        :meth:`start` cannot race with the reading. A tie comes back as
+        :class:`TooClose`."""
         self._stop_peeks()
         chunks, self._chunks = self._chunks, []
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
         def read() -> Sequence[str]:
             self.last = self.reader.read(audio.astype(np.float32, copy=False))
-            return self.last.words
+            return TooClose() if self.last.how == "tie" else self.last.words
 
         return read
