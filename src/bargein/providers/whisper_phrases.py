@@ -82,8 +82,11 @@ _HOP: Final = 160
 """Whisper's mel frames are 10 ms apart."""
 _MAX_WINDOW_S: Final = 30.0
 _FUZZY_MIN_LETTERS: Final = 5
-_MAX_TOKENS: Final = 12
-"""Enough for any of the phrases twice over; a sentence is known as one long before."""
+_MAX_TOKENS: Final = 8
+"""Enough for the longest phrase ("Hold on a second." is five tokens) and more words
+than ``max_phrase_words``, so a sentence is still known as one. Whisper repeats itself
+on a short window, so the greedy decode mostly runs to this cap: on a 2-core AMD EPYC a
+reading that needs no scoring took 125 ms at the median with 8, 142 ms with 12."""
 _PROMPT: Final = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
 
 HUMS: Final = ("mm", "mhm")
