@@ -101,7 +101,7 @@ class Words:
     final: bool = False
     second_opinion: tuple[str, ...] | None = None
     """With a final: a second recogniser's reading of an overlap (None: none ran)."""
-    too_close: bool = False
+    second_opinion_too_close: bool = False
     """With a final: the second reading heard one of its phrases but could not tell a
     command from a backchannel (:class:`~bargein.providers.base.TooClose`)."""
     user_went_on: bool = False
@@ -644,7 +644,7 @@ class FloorPolicy:
             if event.final:
                 self._overlap.final_words = words
                 self._overlap.second_opinion = event.second_opinion
-                self._overlap.second_opinion_too_close = event.too_close
+                self._overlap.second_opinion_too_close = event.second_opinion_too_close
                 self._overlap.reading_since = None
                 if event.user_went_on and self.state is Floor.TENTATIVE:
                     # "Oh, | really?": the reading that would have told "oh" from the

@@ -1105,5 +1105,6 @@ def describe_error(exc: BaseException) -> str:
 def _with_reading(final: Words, heard: Sequence[str] | None) -> Words:
     """The final words with the second recogniser's reading of them (None: none ran)."""
     if heard is None:
-        return replace(final, second_opinion=None)
-    return replace(final, second_opinion=tuple(heard), too_close=isinstance(heard, TooClose))
+        return final
+    too_close = isinstance(heard, TooClose)
+    return replace(final, second_opinion=tuple(heard), second_opinion_too_close=too_close)

@@ -125,7 +125,7 @@ class _Turns:
     """The model's turns, one reading at a time: a final reading before any peek.
 
     Among waiting readings of one kind the order is the scheduler's, not strictly first
-    come; a turn is one reading, a few hundred milliseconds at most.
+    come; a turn is one reading.
     """
 
     def __init__(self) -> None:
