@@ -35,6 +35,12 @@ def reader() -> WhisperPhraseReader:
     return WhisperPhraseReader()
 
 
+@pytest.fixture(scope="module")
+def wait_or_yeah() -> WhisperPhraseReader:
+    """A reader with one phrase of each class: "wait" and "yeah"."""
+    return WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
+
+
 @pytest.mark.parametrize(
     ("words", "folded"),
     [
@@ -139,14 +145,15 @@ def test_silence_is_not_read(reader: WhisperPhraseReader) -> None:
     assert (reading.words, reading.how) == ((), "silent")
 
 
-def test_a_near_miss_is_scored_against_the_phrases(tts: PiperTTS) -> None:
+def test_a_near_miss_is_scored_against_the_phrases(
+    tts: PiperTTS, wait_or_yeah: WhisperPhraseReader
+) -> None:
     """With only "wait" and "yeah" to choose from, a free reading that is neither ("Wade")
     is settled by forced decoding, and the phrase that sounds like it wins."""
-    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
-    reading = reader.read(speak(tts, "Wade."))
+    reading = wait_or_yeah.read(speak(tts, "Wade."))
     assert reading.how == "scored", reading
     assert reading.words == ("wait",)
-    assert reading.command_score > reading.backchannel_score + reader.margin
+    assert reading.command_score > reading.backchannel_score + wait_or_yeah.margin
     assert {phrase for phrase, _score in reading.scored} == {"wait", "yeah"}
 
 
@@ -209,13 +216,14 @@ def test_a_reading_one_letter_from_a_long_phrase_is_that_phrase(
     assert reader._spelled_like(("sense", "make")) is None
 
 
-def test_an_early_reading_needs_a_clear_win(tts: PiperTTS) -> None:
+def test_an_early_reading_needs_a_clear_win(
+    tts: PiperTTS, wait_or_yeah: WhisperPhraseReader
+) -> None:
     """Read while the user is still talking, a scored phrase counts only with a margin of
     ``early_margin`` nats, since a command read early commits at once."""
-    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
     audio = speak(tts, "Wade.")
     for early_margin, expected in ((2.0, ["wait"]), (1000.0, [])):
-        stream = reader.stream()
+        stream = wait_or_yeah.stream()
         stream.early_margin = early_margin
         stream.start()
         stream.feed(audio)
@@ -279,14 +287,13 @@ class _Watched:
 
 
 def test_a_peek_stops_once_its_final_reading_is_asked_for(
-    tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
+    tts: PiperTTS, wait_or_yeah: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peek that has not begun when the utterance closes never reaches the model, and the
     final reading is made as usual."""
-    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
-    watched = _Watched(reader._model)
-    monkeypatch.setattr(reader, "_model", watched)
-    stream = reader.stream()
+    watched = _Watched(wait_or_yeah._model)
+    monkeypatch.setattr(wait_or_yeah, "_model", watched)
+    stream = wait_or_yeah.stream()
     stream.start()
     stream.feed(speak(tts, "Wade."))
     peek = stream.peek_later()
@@ -298,15 +305,14 @@ def test_a_peek_stops_once_its_final_reading_is_asked_for(
 
 
 def test_a_peek_under_way_stops_before_scoring(
-    tts: PiperTTS, monkeypatch: pytest.MonkeyPatch
+    tts: PiperTTS, wait_or_yeah: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The final reading is asked for while the peek's greedy decode runs: the peek skips
     its scoring, the costly step, and gives no answer; a new utterance stops it too."""
-    reader = WhisperPhraseReader(interrupt_phrases=("wait",), backchannel_phrases=("yeah",))
-    model = reader._model
+    model = wait_or_yeah._model
     audio = speak(tts, "Wade.")
     for close in ("finish_later", "start"):
-        stream = reader.stream()
+        stream = wait_or_yeah.stream()
         closes: Callable[[], object] = getattr(stream, close)
 
         def during_decode(name: str, closes: Callable[[], object] = closes) -> None:
@@ -314,15 +320,15 @@ def test_a_peek_under_way_stops_before_scoring(
                 closes()
 
         watched = _Watched(model, during_decode)
-        monkeypatch.setattr(reader, "_model", watched)
+        monkeypatch.setattr(wait_or_yeah, "_model", watched)
         stream.start()
         stream.feed(audio)
         assert list(stream.peek_later()()) == []
         assert watched.calls == ["encode", "generate"]
     stop = threading.Event()
     after_decode = _Watched(model, lambda name: stop.set() if name == "generate" else None)
-    monkeypatch.setattr(reader, "_model", after_decode)
-    reading = reader.read(audio, final=False, stop=stop)
+    monkeypatch.setattr(wait_or_yeah, "_model", after_decode)
+    reading = wait_or_yeah.read(audio, final=False, stop=stop)
     assert (reading.words, reading.how) == ((), "dropped")
     assert reading.free_text  # what the greedy decode read before the stop
     assert after_decode.calls == ["encode", "generate"]
