@@ -807,6 +807,43 @@ def test_no_reading_of_the_sound_so_far_starts_once_the_voice_has_stopped() -> N
     assert spotter.calls == ["finish_later", "work"]
 
 
+class SlowStartRecognizer(ScriptedRecognizer):
+    """An open recogniser whose start takes a tenth of a second of loop time, as its
+    catch-up on the pre-roll does on a busy real-clock loop."""
+
+    def start(self) -> None:
+        super().start()
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualEventLoop)
+        loop.advance(0.12)
+
+
+def test_the_first_reading_is_timed_from_the_onset_not_from_a_late_catch_up() -> None:
+    spotter = PeekingSpotter(heard=(), final=("okay",))
+
+    async def main() -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=SlowStartRecognizer([([], ("oh", "kay")), WHAT_ABOUT_TUESDAY]),
+            second_opinion=spotter,
+            llm=ScriptedLLM([AGENT, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            await drive(session, speaker, [(1.0, 2.0)], until=4.0)
+        return session
+
+    with asyncio.Runner(loop_factory=VirtualEventLoop) as runner:
+        session = runner.run(main())
+    assert not session.errors
+    record = session.timeline[0]
+    # The first frame at or after 0.3 s of sound, not 0.3 s after the late catch-up.
+    assert spotter.peeks and record.onset_at + 0.3 - 1e-9 <= spotter.peeks[0]
+    assert spotter.peeks[0] < record.onset_at + 0.3 + 0.04
+
+
 class OkayPeeker(DeferredSpotter):
     """A second opinion that reads "okay" in the overlap so far: heard outright, or only
     chosen as the nearest of its phrases (:class:`ChosenWords`)."""
