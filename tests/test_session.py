@@ -653,6 +653,7 @@ def deferred_session(
     until: float = 11.0,
     loop: type[VirtualEventLoop] = VirtualEventLoop,
     then: Sequence[Utterance] = (),
+    recognizer: type[ScriptedRecognizer] = ScriptedRecognizer,
 ) -> Session:
     """A session whose open recogniser hears ``heard`` (a mishearing, by default) over
     the agent, ``then`` in the sounds after it, then the user's own turn, with
@@ -662,7 +663,7 @@ def deferred_session(
         speaker = LoggingSpeaker([])
         session = Session(
             vad=LevelVAD(),
-            recognizer=ScriptedRecognizer([heard, *then, WHAT_ABOUT_TUESDAY]),
+            recognizer=recognizer([heard, *then, WHAT_ABOUT_TUESDAY]),
             second_opinion=spotter,
             llm=ScriptedLLM([AGENT, ANSWER]),
             tts=WordTTS(),
@@ -820,23 +821,9 @@ class SlowStartRecognizer(ScriptedRecognizer):
 
 def test_the_first_reading_is_timed_from_the_onset_not_from_a_late_catch_up() -> None:
     spotter = PeekingSpotter(heard=(), final=("okay",))
-
-    async def main() -> Session:
-        speaker = LoggingSpeaker([])
-        session = Session(
-            vad=LevelVAD(),
-            recognizer=SlowStartRecognizer([([], ("oh", "kay")), WHAT_ABOUT_TUESDAY]),
-            second_opinion=spotter,
-            llm=ScriptedLLM([AGENT, ANSWER]),
-            tts=WordTTS(),
-            sink=speaker,
-        )
-        async with session:
-            await drive(session, speaker, [(1.0, 2.0)], until=4.0)
-        return session
-
-    with asyncio.Runner(loop_factory=VirtualEventLoop) as runner:
-        session = runner.run(main())
+    session = deferred_session(
+        spotter, ([], ("oh", "kay")), [(1.0, 2.0)], until=4.0, recognizer=SlowStartRecognizer
+    )
     assert not session.errors
     record = session.timeline[0]
     # The first frame at or after 0.3 s of sound, not 0.3 s after the late catch-up.
