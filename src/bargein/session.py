@@ -246,9 +246,10 @@ class Session:
         self._spotting = False
         self._pending_final: Words | None = None
         self._spot_started_at = 0.0
-        """When the audio the second opinion holds began: the sound's onset, or the
-        canceller's start if it took over since. It also names that audio, so that a
-        reading of audio since dropped is known as such."""
+        """When the audio the second opinion holds (or is about to) began: the sound's
+        onset, or the canceller's start if it took over since. Readings are timed from it,
+        and it names that audio, so that a reading of audio since dropped is known as
+        such."""
         self._peeked_at: float | None = None
         """When the in-flight reading of an overlap so far started (None: none runs)."""
         self._last_peek = float("-inf")
@@ -289,8 +290,6 @@ class Session:
         self._preroll: deque[FloatAudio] = deque(maxlen=frames)
         self._backlog: list[FloatAudio] | None = None
         """Pre-roll the recogniser has yet to hear, just after a speech start."""
-        self._backlog_since = 0.0
-        """When the sound the backlog leads into began (see ``_spot_started_at``)."""
         self._group: asyncio.TaskGroup | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -384,13 +383,12 @@ class Session:
             return
         if self._utterance in self._utterance_audio:
             self._utterance_audio[self._utterance] = []
+        self._spot_started_at, self._last_peek = now, float("-inf")
         if self._backlog is not None:
-            # The recognisers start after this, on the cancelled audio.
-            self._backlog, self._backlog_since = [], now
+            self._backlog = []  # the recognisers start after this, on the cancelled audio
             return
         if self._spotting and self.second_opinion is not None:
             self._recognize(self.second_opinion.start)
-            self._spot_started_at, self._last_peek = now, float("-inf")
 
     def _captured(self, n: int) -> float:
         """When the end of these ``n`` new samples was captured: the microphone's own clock.
@@ -583,7 +581,10 @@ class Session:
         # Tier 1 has acted. The recogniser's catch-up on the pre-roll costs tens of
         # milliseconds of CPU, so it waits one turn of the event loop: the transport
         # sends the pause first, instead of after the recogniser.
-        self._backlog, self._backlog_since = list(self._preroll), start.at
+        self._backlog = list(self._preroll)
+        # Readings are timed from the onset, not from the catch-up: on a busy loop that
+        # runs up to a tenth of a second late.
+        self._spot_started_at = start.at
         assert self._loop is not None
         self._loop.call_soon(self._catch_up)
 
@@ -606,9 +607,7 @@ class Session:
             # Only sound over the agent's voice needs the second reading: tier 2 is
             # deciding about it.
             self._spotting = self._recognize(self.second_opinion.start) is None
-            # Timed from the sound's onset, not from now: on a busy loop this catch-up
-            # runs up to a tenth of a second late, and the first reading with it.
-            self._spot_started_at, self._last_peek = self._backlog_since, float("-inf")
+            self._last_peek = float("-inf")
             for past in backlog:
                 self._spot(past, now)
         self._handle(Words(now, tuple(words)))
