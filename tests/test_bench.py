@@ -193,7 +193,7 @@ def test_cli_refuses_a_duck_limit_it_cannot_use(
     assert "seconds must be zero or more" in capsys.readouterr().err
 
 
-def test_cli_turns_the_rule_s_early_resumes_off(
+def test_cli_sets_the_rule_s_early_resumes_and_answer_window(
     scenario_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bargein.bench.runner as runner
@@ -213,7 +213,14 @@ def test_cli_turns_the_rule_s_early_resumes_off(
     assert isinstance(decider, RuleDecider) and decider.early_resume_readings == 0
     assert RuleDecider().early_resume_readings > 0
     code = cli_main(["bench", str(scenario_dir), "--no-early-resume", "--decider", "model"])
-    assert code == 2 and "setting of the rule" in capsys.readouterr().err
+    assert code == 2 and "settings of the rule" in capsys.readouterr().err
+    assert cli_main(["bench", str(scenario_dir), "--answer-window", "0.5"]) == 0
+    factory = seen[1].decider_factory
+    assert factory is not None
+    decider = factory()
+    assert isinstance(decider, RuleDecider) and decider.answer_window_s == 0.5
+    assert decider.early_resume_readings == RuleDecider().early_resume_readings
+    assert RuleDecider().answer_window_s is None
 
 
 def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:

@@ -134,3 +134,20 @@ def test_an_unconfirmed_loud_start_is_withdrawn_and_the_gate_rests() -> None:
     assert seg.push_loud(1.7) == SpeechStarted(1.7, voiced=False)
     assert seg.push(1.732, 0.4) is None  # a voice: confirmed, and now ends the normal way
     assert seg.confirmed and seg.active
+
+
+def test_tracker_says_how_long_ago_a_question_ended() -> None:
+    tracker = PlayoutTracker(100)
+    tracker.add(chunk(["Shall", "I", "book", "it?"], 10))  # the question ends at 40
+    tracker.add(chunk(["It", "leaves", "at", "nine."], 10))  # the next sentence ends at 80
+    assert tracker.after_question_s(0) is None  # nothing played
+    assert tracker.after_question_s(25) is None  # inside the question: no answer yet
+    assert tracker.after_question_s(35) == pytest.approx(-0.05)  # over its last word
+    assert tracker.after_question_s(40) == pytest.approx(0.0)
+    assert tracker.after_question_s(65) == pytest.approx(0.25)  # into the next sentence
+    assert tracker.after_question_s(75) is None  # the next one, no question, is ending
+    statement = PlayoutTracker(100)
+    statement.add(chunk(["He", "asked", '"why?"'], 10))
+    assert statement.after_question_s(30) == pytest.approx(0.0)  # a quoted question
+    statement.add(chunk(["Fine."], 10))
+    assert statement.after_question_s(40) is None

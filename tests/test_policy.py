@@ -889,3 +889,58 @@ def test_slow_readings_hear_the_sound_as_it_was_and_resume_nothing_early() -> No
     assert voice(policy, 1.5, 1.9) == []
     assert policy.handle(Reading(1.9, policy.utterance, ("okay", "okay"))) == []
     assert voice(policy, 1.9, 2.0) == [] and policy.state is Floor.SPEAKING
+
+
+def answering_policy(window: float | None = 1.0) -> FloorPolicy:
+    """A speaking policy whose rule takes a yes within ``window`` of a question for an answer."""
+    policy = FloorPolicy(PolicyConfig(preemptive=False), RuleDecider(answer_window_s=window))
+    policy.handle(RequestReply(0.0))
+    policy.handle(FirstToken(0.15, 1))
+    policy.handle(Playout(0.3, 1, 100))
+    policy.handle(Playout(0.9, 1, 5000))
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("after_question_s", "final", "window", "expected"),
+    [
+        (0.3, ("yeah",), 1.0, ("commit", "answer:yeah")),  # just after the question
+        (-0.1, ("sure",), 1.0, ("commit", "answer:sure")),  # over its last word
+        (None, ("yeah",), 1.0, ("resume", "backchannel:yeah")),  # no question
+        (1.5, ("yeah",), 1.0, ("resume", "backchannel:yeah")),  # long after it
+        (0.3, ("oh",), 1.0, ("resume", "backchannel:oh")),  # a hesitation answers nothing
+        (0.3, ("mm", "hmm"), 1.0, ("resume", "backchannel:mm hmm")),  # nor a hum
+        (0.3, ("yeah",), None, ("resume", "backchannel:yeah")),  # the default: never
+    ],
+)
+def test_a_yes_just_after_the_agents_question_answers_it(
+    after_question_s: float | None,
+    final: tuple[str, ...],
+    window: float | None,
+    expected: tuple[str, str],
+) -> None:
+    policy = answering_policy(window)
+    policy.handle(SpeechStarted(1.0, after_question_s=after_question_s))
+    voice(policy, 1.0, 1.3)
+    policy.handle(SpeechEnded(1.4))
+    actions = policy.handle(Words(1.4, final, final=True))
+    record = policy.interruptions[0]
+    assert (record.decision, record.reason) == expected
+    if expected[0] == "commit":
+        assert actions == [FlushOutput(1), CancelReply(1), Truncate(1, 5000)]
+        assert policy.state is Floor.YIELDED
+    else:
+        assert actions == [ResumeOutput(1)]
+
+
+def test_a_yes_read_early_after_a_question_takes_the_floor_at_once() -> None:
+    """Two readings that would resume the agent over "okay" commit instead, while the
+    user still says it, when the agent has just asked a question."""
+    policy = answering_policy()
+    policy.handle(SpeechStarted(1.0, after_question_s=0.2))
+    voice(policy, 1.0, 1.2)
+    assert policy.handle(Reading(1.2, policy.utterance, ("okay",))) == []
+    voice(policy, 1.2, 1.45)
+    actions = policy.handle(Reading(1.45, policy.utterance, ("okay",)))
+    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
+    assert policy.interruptions[0].reason == "answer:okay"

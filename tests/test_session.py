@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bargein.clock import VirtualEventLoop, run
+from bargein.decider import RuleDecider
 from bargein.policy import (
     Action,
     Event,
@@ -156,6 +157,42 @@ def test_a_backchannel_resumes_from_the_exact_sample() -> None:
     assert speaker.paused_s[1] == pytest.approx(record.resumed_at - record.onset_at, abs=0.011)
     assert session.recorded[1] == " ".join(AGENT.split())
     assert not session.conversation.messages[-1].interrupted
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        # The question's last word has played when the user says "yeah": an answer.
+        ("Shall I book it? " + AGENT, ("commit", "answer:yeah")),
+        # The same "yeah" inside a longer question, before its end: a backchannel.
+        (
+            "Shall I book the early train for you and your three colleagues? " + AGENT,
+            ("resume", "backchannel:yeah"),
+        ),
+        ("I booked it. " + AGENT, ("resume", "backchannel:yeah")),  # no question
+    ],
+)
+def test_a_yeah_just_after_the_agent_s_question_is_heard_as_its_answer(
+    reply: str, expected: tuple[str, str]
+) -> None:
+    yeah: Utterance = ([(1.1, ("yeah",))], ("yeah",))
+    speaker = LoggingSpeaker([])
+    session = Session(
+        vad=LevelVAD(),
+        recognizer=ScriptedRecognizer([yeah]),
+        llm=ScriptedLLM([reply, ANSWER]),
+        tts=WordTTS(),
+        sink=speaker,
+        decider=RuleDecider(answer_window_s=1.0),
+    )
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 1.3)], until=3.0)
+
+    run(main(), "virtual")
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == expected
 
 
 def test_a_sound_over_the_agent_ends_sooner_than_the_user_s_own_turn() -> None:

@@ -77,11 +77,12 @@ def _bench_target(args: argparse.Namespace) -> int:
         args.tier1 != "pause",
         args.duck_limit is not None,
         args.no_early_resume,
+        args.answer_window is not None,
     )
     if any(engine_options):
         print(
             "note: --restart-policy, --no-loudness-onset, --transcripts, --no-preemptive, "
-            "--tier1, --duck-limit and --no-early-resume "
+            "--tier1, --duck-limit, --no-early-resume and --answer-window "
             "configure the in-process engine; with --target the server's settings apply",
             file=sys.stderr,
         )
@@ -214,16 +215,22 @@ def _bench(args: argparse.Namespace) -> int:
     )
     if args.echo is not None:
         options.echo = args.echo
+    rule_settings: dict[str, Any] = {}
     if args.no_early_resume:
+        rule_settings["early_resume_readings"] = 0
+    if args.answer_window is not None:
+        rule_settings["answer_window_s"] = args.answer_window
+    if rule_settings:
         if args.decider not in (None, "rule"):
             print(
-                "bargein bench: --no-early-resume is a setting of the rule (--decider rule)",
+                "bargein bench: --no-early-resume and --answer-window are settings of the "
+                "rule (--decider rule)",
                 file=sys.stderr,
             )
             return 2
         from bargein.decider import RuleDecider
 
-        options.decider_factory = lambda: RuleDecider(early_resume_readings=0)
+        options.decider_factory = lambda: RuleDecider(**rule_settings)
     elif args.decider is not None:
         from bargein.tier2 import make_decider
 
@@ -452,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_early_resume",
         help="the rule never resumes the agent while the user's sound goes on, however "
         "surely Whisper heard a backchannel in it (docs/tier2.md)",
+    )
+    bench.add_argument(
+        "--answer-window",
+        type=float,
+        default=None,
+        metavar="S",
+        dest="answer_window",
+        help='the rule takes a yes-like backchannel ("yeah", "okay") that begins within S '
+        "seconds of the end of the agent's question for its answer, and commits (default: "
+        "never; docs/tier2.md)",
     )
     bench.add_argument(
         "--transcripts",

@@ -61,6 +61,10 @@ class Overlap:
     agent_context: str = ""
     """What the agent had said when the user started: the words heard, through the end
     of the sentence under way ("" when nothing had been heard)."""
+    after_question_s: float | None = None
+    """How long after the end of the agent's latest sentence, a question, the user's
+    sound began (negative: over its last word); None when that sentence was no question
+    or the sound began inside it. A "yeah" just after a question answers it."""
     second_opinion: tuple[str, ...] | None = None
     """A second recogniser's final reading of the sound, when one ran: one of the
     backchannels or commands, or nothing."""
@@ -234,6 +238,31 @@ SPELLINGS: dict[str, str] = {"ok": "okay", "alright": "all right", "yup": "yep"}
 """One backchannel, two ways to write it: readings of the same "okay" alternate."""
 
 
+ANSWER_PHRASES: tuple[str, ...] = (
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "okay",
+    "ok",
+    "alright",
+    "all right",
+    "sure",
+    "right",
+    "fine",
+    "good",
+    "great",
+    "cool",
+    "exactly",
+    "indeed",
+    "of course",
+    "sounds good",
+)
+"""Backchannels that also say yes: just after the agent's question they answer it, and
+the user takes the floor ("Would you like the summary first? | Yeah"). Not the hums and
+hesitations ("mm", "uh huh", "oh"), which Whisper also makes of coughs and breaths, nor
+"wow", "really" or "I see", which are no answer to a question."""
+
 HESITATIONS: tuple[str, ...] = ("uh", "um", "ah", "oh", "ha", "hm", "hmm", "mm", "huh")
 """Backchannels that also open a bid for the floor ("Oh, and...", "Um, can you..."), and
 that Whisper hears in the first syllables of others ("ha" for "Hang on"): heard early,
@@ -319,6 +348,15 @@ class RuleDecider:
     - when the last reading gives no answer and the open recogniser heard one or two
       other words, an earlier reading that heard a backchannel, where none heard a
       command, resumes;
+    - with ``answer_window_s`` set (None, the default: never), a backchannel that says
+      yes (:data:`ANSWER_PHRASES`: "yeah", "sure", "okay") within that many seconds of
+      the end of the agent's question (:attr:`Overlap.after_question_s`), or over its
+      last word, answers it and commits wherever the rule would resume on it: a person
+      takes "Would you like the summary first? | Yeah" for a yes. Inside the question,
+      before its last word, it is still a backchannel. It is off by default because the
+      only data that checks it, the held-out clips of ``scripts/train_tier2.py``, labels
+      every backchannel a backchannel wherever it falls, also just after a question
+      (docs/tier2.md, "Answers to the agent's question");
     - a sound over an echo the canceller is removing (:attr:`Overlap.over_echo`) does
       not commit on one or two open words alone, nor does a sound whose final reading was
       a tie (:attr:`Overlap.second_opinion_too_close`): the reader heard a phrase, not a
@@ -345,8 +383,10 @@ class RuleDecider:
     final_reading_wait_s: float = 0.8
     early_resume_readings: int = 2
     early_resume_fresh_s: float = 0.25
+    answer_window_s: float | None = None
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
+    answer_phrases: Sequence[str] = ANSWER_PHRASES
 
     def decide(self, overlap: Overlap, now: float) -> Decision | None:
         if not overlap.speech_active and overlap.last_voiced_at == float("-inf"):
@@ -360,7 +400,7 @@ class RuleDecider:
                 return Decision("commit", "spotted:" + commands[-1])
             if self._heard_backchannel_early(overlap):
                 heard = normalize_words(overlap.early_readings[-1])
-                return Decision("resume", "spotted early:" + " ".join(heard))
+                return self._acknowledged(overlap, "spotted early:", " ".join(heard))
             if (
                 now >= self._duration_due(overlap)
                 and now - overlap.last_voiced_at <= self.voiced_gap_s
@@ -383,18 +423,18 @@ class RuleDecider:
         if not words:
             return Decision("resume", "no-words")
         if only_backchannel(words, self.backchannel_phrases):
-            return Decision("resume", "backchannel:" + " ".join(words))
+            return self._acknowledged(overlap, "backchannel:", " ".join(words))
         if spotted_backchannel:
             # An open vocabulary turns "okay" into "look i" and "sure" into "sheriff";
             # the spotter, choosing among a few phrases, hears the backchannel.
-            return Decision("resume", "spotted:" + " ".join(spotted))
+            return self._acknowledged(overlap, "spotted:", " ".join(spotted))
         if not spotted and len(words) <= 2 and overlap.early_readings:
             # The last reading gave no answer ("Come on!" for "Cool."): one of the sound
             # so far that heard a backchannel, where none heard a command, outweighs the
             # open recogniser's mishearing of a word or two (more is a sentence).
             late = self._backchannel(overlap.early_readings[-1])
             if late is not None and not any(self._command(r) for r in overlap.early_readings):
-                return Decision("resume", "spotted early:" + late)
+                return self._acknowledged(overlap, "spotted early:", late)
         if overlap.over_echo and len(words) <= 2:
             # In a reverberant room the canceller lets bursts of the agent's voice
             # through, most of all in its first seconds, and the open recogniser makes a
@@ -409,6 +449,15 @@ class RuleDecider:
             # backchannels; a command the open recogniser heard has committed above.
             return Decision("resume", "too close:" + " ".join(words))
         return Decision("commit", "words:" + " ".join(words))
+
+    def _acknowledged(self, overlap: Overlap, reason: str, heard: str) -> Decision:
+        """Resume over the backchannel ``heard``, unless it answers the agent's question."""
+        after, window = overlap.after_question_s, self.answer_window_s
+        if after is not None and window is not None and after <= window:
+            said = f" {heard} "
+            if any(f" {phrase} " in said for phrase in self.answer_phrases):
+                return Decision("commit", "answer:" + heard)
+        return Decision("resume", reason + heard)
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:
         due: float | None = None

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 from bargein.providers.base import SpeechChunk
 
+_CLOSERS = "\"')]"
+"""Closing quotes and brackets that may follow a sentence's final mark."""
+
 
 @dataclass(frozen=True)
 class PlacedWord:
@@ -58,3 +61,22 @@ class PlayoutTracker:
 
     def all_text(self) -> str:
         return " ".join(w.word for w in self.words)
+
+    def after_question_s(self, played: int) -> float | None:
+        """How long ago the agent's latest sentence ended, if it was a question.
+
+        The latest sentence is the last one whose final word had begun to play: a user
+        who answers over that word ("...first? Yeah") gets a negative time, and one who
+        speaks inside the question, before its last word, gets None (that sound
+        acknowledges, it cannot answer yet). The sentence's end is its last word's end,
+        which for the last sentence of a chunk includes the TTS's pause after it.
+        """
+        last: PlacedWord | None = None
+        for word in self.words:
+            if word.start > played:
+                break
+            if word.word.rstrip(_CLOSERS).endswith((".", "?", "!")):
+                last = word
+        if last is None or not last.word.rstrip(_CLOSERS).endswith("?"):
+            return None
+        return (played - last.end) / self.sample_rate

@@ -75,6 +75,9 @@ class SpeechStarted:
     over_echo: bool = False
     """An echo canceller was removing the agent's echo then (see
     :attr:`~bargein.decider.Overlap.over_echo`)."""
+    after_question_s: float | None = None
+    """How long after the end of the agent's question the sound began (see
+    :attr:`~bargein.decider.Overlap.after_question_s`)."""
 
 
 @dataclass(frozen=True)
@@ -598,6 +601,7 @@ class FloorPolicy:
             frames=[f for f in self._recent if f.at > event.at - 0.07],
             agent_context=event.context,
             over_echo=event.over_echo,
+            after_question_s=event.after_question_s,
         )
         tier1: Tier1 | Literal["hold"] = self.config.tier1 if audible else "hold"
         self._record = InterruptionRecord(self.reply_id, event.at, tier1, event.at)

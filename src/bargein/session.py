@@ -577,7 +577,14 @@ class Session:
             for old in [u for u in self._utterance_audio if u < self._utterance - 20]:
                 del self._utterance_audio[old]  # a turn never spans that many
         over_echo = self.echo is not None and self.echo.removing(start.at)
-        self._handle(replace(start, context=self._agent_context(), over_echo=over_echo))
+        self._handle(
+            replace(
+                start,
+                context=self._agent_context(),
+                over_echo=over_echo,
+                after_question_s=self._after_question(),
+            )
+        )
         # Tier 1 has acted. The recogniser's catch-up on the pre-roll costs tens of
         # milliseconds of CPU, so it waits one turn of the event loop: the transport
         # sends the pause first, instead of after the recogniser.
@@ -685,6 +692,11 @@ class Session:
         while end < len(words) and not words[end - 1].rstrip("\"')]").endswith((".", "?", "!")):
             end += 1
         return " ".join(words[:end])
+
+    def _after_question(self) -> float | None:
+        """How long ago the agent's latest sentence, a question, ended in the user's ear."""
+        reply = self.replies.get(self.policy.reply_id or 0)
+        return None if reply is None else reply.tracker.after_question_s(reply.played)
 
     def _recognize(self, step: Callable[..., Any], *args: Any) -> Any:
         """Run one recogniser step; a failure costs the words, never the session.
