@@ -52,6 +52,7 @@ def make(
     restart: RestartPolicy = "respond",
     llm: ScriptedLLM | None = None,
     tts: WordTTS | None = None,
+    decider: RuleDecider | None = None,
 ) -> tuple[Session, LoggingSpeaker, ScriptedLLM, list[str]]:
     log: list[str] = []
     speaker = LoggingSpeaker(log)
@@ -63,6 +64,7 @@ def make(
         tts=tts or WordTTS(),
         sink=speaker,
         config=SessionConfig(policy=PolicyConfig(restart_policy=restart)),
+        decider=decider,
     )
     return session, speaker, llm, log
 
@@ -176,15 +178,8 @@ def test_a_yeah_just_after_the_agent_s_question_is_heard_as_its_answer(
     reply: str, expected: tuple[str, str]
 ) -> None:
     yeah: Utterance = ([(1.1, ("yeah",))], ("yeah",))
-    speaker = LoggingSpeaker([])
-    session = Session(
-        vad=LevelVAD(),
-        recognizer=ScriptedRecognizer([yeah]),
-        llm=ScriptedLLM([reply, ANSWER]),
-        tts=WordTTS(),
-        sink=speaker,
-        decider=RuleDecider(answer_window_s=1.0),
-    )
+    answering = RuleDecider(answer_window_s=1.0)
+    session, speaker, _, _ = make([yeah], llm=ScriptedLLM([reply, ANSWER]), decider=answering)
 
     async def main() -> None:
         async with session:
