@@ -453,10 +453,9 @@ class RuleDecider:
     def _acknowledged(self, overlap: Overlap, reason: str, heard: str) -> Decision:
         """Resume over the backchannel ``heard``, unless it answers the agent's question."""
         after, window = overlap.after_question_s, self.answer_window_s
-        if after is not None and window is not None and after <= window:
-            said = f" {heard} "
-            if any(f" {phrase} " in said for phrase in self.answer_phrases):
-                return Decision("commit", "answer:" + heard)
+        answered = after is not None and window is not None and after <= window
+        if answered and _find_phrase(tuple(heard.split()), self.answer_phrases) is not None:
+            return Decision("commit", "answer:" + heard)
         return Decision("resume", reason + heard)
 
     def deadline(self, overlap: Overlap, now: float) -> float | None:

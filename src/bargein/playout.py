@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 
 from bargein.providers.base import SpeechChunk
 
-_CLOSERS = "\"')]"
-"""Closing quotes and brackets that may follow a sentence's final mark."""
+
+def final_mark(word: str) -> str:
+    """The mark that ends a sentence at ``word`` (".", "?" or "!"), past any closing quote
+    or bracket; "" if no sentence ends there."""
+    end = word.rstrip("\"')]")[-1:]
+    return end if end in (".", "?", "!") else ""
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,8 @@ class PlayoutTracker:
         for word in self.words:
             if word.start > played:
                 break
-            if word.word.rstrip(_CLOSERS).endswith((".", "?", "!")):
+            if final_mark(word.word):
                 last = word
-        if last is None or not last.word.rstrip(_CLOSERS).endswith("?"):
+        if last is None or final_mark(last.word) != "?":
             return None
         return (played - last.end) / self.sample_rate

@@ -32,7 +32,7 @@ from bargein.clock import run_blocking
 from bargein.conversation import Conversation, InterruptedReply, build_llm_input
 from bargein.decider import Decider
 from bargein.echo import EchoControl, EchoMode
-from bargein.playout import PlayoutTracker
+from bargein.playout import PlayoutTracker, final_mark
 from bargein.policy import (
     Action,
     CancelReply,
@@ -689,7 +689,7 @@ class Session:
             return ""
         words = reply.text.split()
         end = min(heard, len(words))
-        while end < len(words) and not words[end - 1].rstrip("\"')]").endswith((".", "?", "!")):
+        while end < len(words) and not final_mark(words[end - 1]):
             end += 1
         return " ".join(words[:end])
 

@@ -54,6 +54,7 @@ from bargein.decider import (
     normalize_words,
     only_backchannel,
 )
+from bargein.playout import final_mark
 from bargein.providers.base import FloatAudio
 
 __all__ = [
@@ -232,7 +233,7 @@ _VOICED: Final = 0.45
 
 def agent_context_is_question(context: str) -> bool:
     """True when the agent's sentence under way (or just finished) is a question."""
-    return context.rstrip().rstrip("\"')]").endswith("?")
+    return final_mark(context.rstrip()) == "?"
 
 
 def _find(words: tuple[str, ...], phrases: Sequence[str]) -> bool:
