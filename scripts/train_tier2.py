@@ -66,9 +66,10 @@ from bargein.tier2 import CLASSES, FEATURE_NAMES, Tier2Model
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tier2"
 DEFAULT_OUT = ROOT / "src" / "bargein" / "models" / "tier2.npz"
-DATA_VERSION = "tier2-data/2"
+DATA_VERSION = "tier2-data/3"
 """2: each clip played to a reset recogniser, as each benchmark scenario is (version 1 kept
-one PocketSphinx decoder adapting across the clips of a worker)."""
+one PocketSphinx decoder adapting across the clips of a worker). 3: backchannels kept out
+of the answer zone of a reply that opens with a question (:data:`ANSWER_ZONE_AFTER_S`)."""
 SR = 16000
 HORIZON_S = 1.3
 """How long after the onset the recording decider holds the overlap open."""
@@ -108,6 +109,13 @@ AGENT_TEXTS: tuple[str, ...] = (
 TRAIN_AGENT = (0, 1, 2, 3, 4, 5)
 HELD_AGENT = (6, 7)
 QUESTION_AGENT = (0, 1, 6)
+ANSWER_ZONE_AFTER_S = 1.5
+"""On a reply that opens with a question, no backchannel begins between the start of the
+question's last word and this long after the question's end. A "yeah" there answers the
+question, and a person would take it for a bid (the rule does, up to
+``RuleDecider.answer_window_s`` after the end); a backchannel drawn into that zone is moved
+past it by the zone's length. Inside the question, before its last word, a "yeah" can
+only be a backchannel."""
 
 FLOOR_TRAIN = (
     "Can I ask you something about that?",
@@ -595,16 +603,29 @@ def _piper_batch(requests: list[tuple[str, dict[str, Any]]]) -> list[FloatArray]
     return out
 
 
-def _agent_first_sentence_s() -> dict[int, float]:
-    """How long the agent's voice takes to say each reply's first sentence."""
+def _agent_first_sentence_s() -> dict[int, tuple[float, float]]:
+    """When, in the agent's voice, each reply's opening question begins its last word
+    and ends (its audio's end, with the pause after it), in seconds."""
     from bargein.providers.piper import PiperTTS
 
     tts = PiperTTS.repeatable()
     out = {}
     for i in QUESTION_AGENT:
         first = AGENT_TEXTS[i].split("? ")[0] + "?"
-        out[i] = sum(len(c.audio) for c in tts.synthesize(first)) / tts.sample_rate
+        chunks = list(tts.synthesize(first))
+        last_word = sum(len(c.audio) for c in chunks[:-1]) + chunks[-1].words[-1].start
+        end = sum(len(c.audio) for c in chunks)
+        out[i] = (last_word / tts.sample_rate, end / tts.sample_rate)
     return out
+
+
+def _outside_answer_zone(at_s: float, last_word_s: float, end_s: float) -> float:
+    """A sound's onset ``at_s`` moved past the answer zone of a question
+    (:data:`ANSWER_ZONE_AFTER_S`) by the zone's length, if it falls inside."""
+    zone_end = end_s + ANSWER_ZONE_AFTER_S
+    if last_word_s <= at_s < zone_end:
+        return at_s + zone_end - last_word_s
+    return at_s
 
 
 def write_clips(samples: list[Sample], folder: Path) -> None:
@@ -639,15 +660,26 @@ def write_clips(samples: list[Sample], folder: Path) -> None:
         question_s = timing.result()
     for sample in samples:
         if sample.kind == "answer":
-            sample.at_s = round(question_s[sample.agent] + sample.aug["answer_offset_s"], 3)
-        write_scenario(sample, raw, folder)
+            sample.at_s = round(question_s[sample.agent][1] + sample.aug["answer_offset_s"], 3)
+        question = sample.kind == "backchannel" and sample.agent in question_s
+        write_scenario(sample, raw, folder, question_s[sample.agent] if question else None)
 
 
-def write_scenario(sample: Sample, raw: dict[str, FloatArray], folder: Path) -> None:
+def write_scenario(
+    sample: Sample,
+    raw: dict[str, FloatArray],
+    folder: Path,
+    answer_zone: tuple[float, float] | None = None,
+) -> None:
+    """One sample as a scenario; ``answer_zone`` (a question's last word and end, in
+    seconds) moves its sound's onset past the zone (:func:`_outside_answer_zone`)."""
     events = []
     if sample.text or sample.noise:
         source = raw[sample.name] if sample.text else make_noise(sample.noise, _rng(sample.name))
         clip, onset = shape(source, sample)
+        if answer_zone is not None:
+            heard_at = _outside_answer_zone(sample.at_s + onset, *answer_zone)
+            sample.at_s = round(heard_at - onset, 3)
         write_wav(folder / f"{sample.name}.wav", clip.astype(np.float32), SR)
         event: dict[str, Any] = {
             "at_s": sample.at_s,
