@@ -220,7 +220,15 @@ def test_cli_sets_the_rule_s_early_resumes_and_answer_window(
     decider = factory()
     assert isinstance(decider, RuleDecider) and decider.answer_window_s == 0.5
     assert decider.early_resume_readings == RuleDecider().early_resume_readings
-    assert RuleDecider().answer_window_s is None
+    assert RuleDecider().answer_window_s == 1.0
+    assert cli_main(["bench", str(scenario_dir), "--answer-window", "off"]) == 0
+    factory = seen[2].decider_factory
+    assert factory is not None
+    decider = factory()
+    assert isinstance(decider, RuleDecider) and decider.answer_window_s is None
+    with pytest.raises(SystemExit):
+        cli_main(["bench", str(scenario_dir), "--answer-window", "soon"])
+    assert "not a number of seconds" in capsys.readouterr().err
 
 
 def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:

@@ -891,7 +891,7 @@ def test_slow_readings_hear_the_sound_as_it_was_and_resume_nothing_early() -> No
     assert voice(policy, 1.9, 2.0) == [] and policy.state is Floor.SPEAKING
 
 
-def answering_policy(window: float | None = 1.0) -> FloorPolicy:
+def answering_policy(window: float | None) -> FloorPolicy:
     """A speaking policy whose rule takes a yes within ``window`` of a question for an answer."""
     policy = FloorPolicy(PolicyConfig(preemptive=False), RuleDecider(answer_window_s=window))
     policy.handle(RequestReply(0.0))
@@ -910,7 +910,8 @@ def answering_policy(window: float | None = 1.0) -> FloorPolicy:
         (1.5, ("yeah",), 1.0, ("resume", "backchannel:yeah")),  # long after it
         (0.3, ("oh",), 1.0, ("resume", "backchannel:oh")),  # a hesitation answers nothing
         (0.3, ("mm", "hmm"), 1.0, ("resume", "backchannel:mm hmm")),  # nor a hum
-        (0.3, ("yeah",), None, ("resume", "backchannel:yeah")),  # the default: never
+        (0.3, ("yeah",), None, ("resume", "backchannel:yeah")),  # never
+        (0.6, ("yeah",), 0.5, ("resume", "backchannel:yeah")),  # past a shorter window
     ],
 )
 def test_a_yes_just_after_the_agents_question_answers_it(
@@ -936,7 +937,8 @@ def test_a_yes_just_after_the_agents_question_answers_it(
 def test_a_yes_read_early_after_a_question_takes_the_floor_at_once() -> None:
     """Two readings that would resume the agent over "okay" commit instead, while the
     user still says it, when the agent has just asked a question."""
-    policy = answering_policy()
+    policy = speaking_policy()  # the default rule
+    policy.handle(Playout(0.9, 1, 5000))
     policy.handle(SpeechStarted(1.0, after_question_s=0.2))
     voice(policy, 1.0, 1.2)
     assert policy.handle(Reading(1.2, policy.utterance, ("okay",))) == []

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from bargein.clock import VirtualEventLoop, run
-from bargein.decider import RuleDecider
 from bargein.policy import (
     Action,
     Event,
@@ -52,7 +51,6 @@ def make(
     restart: RestartPolicy = "respond",
     llm: ScriptedLLM | None = None,
     tts: WordTTS | None = None,
-    decider: RuleDecider | None = None,
 ) -> tuple[Session, LoggingSpeaker, ScriptedLLM, list[str]]:
     log: list[str] = []
     speaker = LoggingSpeaker(log)
@@ -64,7 +62,6 @@ def make(
         tts=tts or WordTTS(),
         sink=speaker,
         config=SessionConfig(policy=PolicyConfig(restart_policy=restart)),
-        decider=decider,
     )
     return session, speaker, llm, log
 
@@ -178,8 +175,7 @@ def test_a_yeah_just_after_the_agent_s_question_is_heard_as_its_answer(
     reply: str, expected: tuple[str, str]
 ) -> None:
     yeah: Utterance = ([(1.1, ("yeah",))], ("yeah",))
-    answering = RuleDecider(answer_window_s=1.0)
-    session, speaker, _, _ = make([yeah], llm=ScriptedLLM([reply, ANSWER]), decider=answering)
+    session, speaker, _, _ = make([yeah], llm=ScriptedLLM([reply, ANSWER]))
 
     async def main() -> None:
         async with session:

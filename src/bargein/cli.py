@@ -219,7 +219,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.no_early_resume:
         rule_settings["early_resume_readings"] = 0
     if args.answer_window is not None:
-        rule_settings["answer_window_s"] = args.answer_window
+        off = args.answer_window == "off"
+        rule_settings["answer_window_s"] = None if off else args.answer_window
     if rule_settings:
         if args.decider not in (None, "rule"):
             print(
@@ -462,13 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--answer-window",
-        type=float,
+        type=_answer_window,
         default=None,
-        metavar="S",
+        metavar="S|off",
         dest="answer_window",
         help='the rule takes a yes-like backchannel ("yeah", "okay") that begins within S '
         "seconds of the end of the agent's question for its answer, and commits (default: "
-        "never; docs/tier2.md)",
+        "the rule's 1.0; off: never; docs/tier2.md)",
     )
     bench.add_argument(
         "--transcripts",
@@ -681,6 +682,11 @@ def _seconds(text: str) -> float:
     if not value >= 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be zero or more: {text!r}")
     return value
+
+
+def _answer_window(text: str) -> float | str:
+    """The rule's answer window: seconds, zero or more, or "off"."""
+    return "off" if text == "off" else _seconds(text)
 
 
 def _add_llm_options(parser: argparse.ArgumentParser) -> None:

@@ -348,15 +348,12 @@ class RuleDecider:
     - when the last reading gives no answer and the open recogniser heard one or two
       other words, an earlier reading that heard a backchannel, where none heard a
       command, resumes;
-    - with ``answer_window_s`` set (None, the default: never), a backchannel that says
-      yes (:data:`ANSWER_PHRASES`: "yeah", "sure", "okay") within that many seconds of
-      the end of the agent's question (:attr:`Overlap.after_question_s`), or over its
-      last word, answers it and commits wherever the rule would resume on it: a person
-      takes "Would you like the summary first? | Yeah" for a yes. Inside the question,
-      before its last word, it is still a backchannel. It is off by default because the
-      only data that checks it, the held-out clips of ``scripts/train_tier2.py``, labels
-      every backchannel a backchannel wherever it falls, also just after a question
-      (docs/tier2.md, "Answers to the agent's question");
+    - a backchannel that says yes (:data:`ANSWER_PHRASES`: "yeah", "sure", "okay")
+      within ``answer_window_s`` of the end of the agent's question
+      (:attr:`Overlap.after_question_s`), or over its last word, answers it and commits
+      wherever the rule would resume on it: a person takes "Would you like the summary
+      first? | Yeah" for a yes. Inside the question, before its last word, it is still
+      a backchannel. ``answer_window_s=None`` never takes one for an answer;
     - a sound over an echo the canceller is removing (:attr:`Overlap.over_echo`) does
       not commit on one or two open words alone, nor does a sound whose final reading was
       a tie (:attr:`Overlap.second_opinion_too_close`): the reader heard a phrase, not a
@@ -383,7 +380,7 @@ class RuleDecider:
     final_reading_wait_s: float = 0.8
     early_resume_readings: int = 2
     early_resume_fresh_s: float = 0.25
-    answer_window_s: float | None = None
+    answer_window_s: float | None = 1.0
     interrupt_phrases: Sequence[str] = INTERRUPT_PHRASES
     backchannel_phrases: Sequence[str] = BACKCHANNEL_PHRASES
     answer_phrases: Sequence[str] = ANSWER_PHRASES
