@@ -231,6 +231,45 @@ def test_cli_sets_the_rule_s_early_resumes_and_answer_window(
     assert "not a number of seconds" in capsys.readouterr().err
 
 
+class ReaderStream(ScriptedRecognizer):
+    """A second opinion that, like Whisper's stream, names the reader it reads with."""
+
+    def __init__(self, reader: object) -> None:
+        super().__init__([])
+        self.reader = reader
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_cli_can_give_concurrent_sessions_one_reader_as_the_server_does(
+    scenario_dir: Path, monkeypatch: pytest.MonkeyPatch, share: bool
+) -> None:
+    import bargein.bench.runner as runner
+
+    def fake_default_stack(reader: object = None, **settings: Any) -> Stack:
+        second = ReaderStream(reader if reader is not None else object())
+        return Stack(LevelVAD(), ScriptedRecognizer([]), WordTTS(), second_opinion=second)
+
+    stacks: list[Stack] = []
+
+    def fake_run_set(folder: Path, **kwargs: Any) -> dict[str, Any]:
+        stacks.extend(kwargs["stack_factory"]() for _ in range(3))  # --jobs 3
+        return {"summary": {}, "scenarios": [], "errors": []}
+
+    monkeypatch.setattr(runner, "default_stack", fake_default_stack)
+    monkeypatch.setattr(runner, "run_set", fake_run_set)
+    args = ["bench", str(scenario_dir), "--jobs", "3", *(["--share-reader"] if share else [])]
+    assert cli_main(args) == 0
+    readers = {id(getattr(s.second_opinion, "reader", None)) for s in stacks}
+    assert len(readers) == (1 if share else 3)
+
+
+def test_cli_refuses_to_share_a_reader_it_does_not_use(
+    scenario_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["bench", str(scenario_dir), "--share-reader", "--spotter", "off"])
+    assert code == 2 and "--share-reader shares Whisper" in capsys.readouterr().err
+
+
 def test_run_set_survives_a_bad_restart_option(scenario_dir: Path) -> None:
     results = run_set(
         scenario_dir,
@@ -339,9 +378,7 @@ def test_the_demo_command_benchmarks_the_built_in_set(
     import bargein.builtin_set
 
     monkeypatch.setattr(bargein.builtin_set, "generate_builtin_set", lambda dest: dest)
-    monkeypatch.setattr(
-        bargein.bench.runner, "default_stack", lambda transcripts=False, spotter=False: stack()
-    )
+    monkeypatch.setattr(bargein.bench.runner, "default_stack", lambda **settings: stack())
     (scenario_dir / "broken.json").unlink()  # a clean set: the command succeeds
     out = scenario_dir.parent / "results.json"
     assert cli_main(["bench-demo", "--dest", str(scenario_dir), "--out", str(out)]) == 0

@@ -60,9 +60,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("bench")
     folder = make_set(root / "set")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            bargein.bench.runner, "default_stack", lambda transcripts=False, spotter=False: stack()
-        )
+        patch.setattr(bargein.bench.runner, "default_stack", lambda **settings: stack())
         code = cli_main(
             [
                 "bench",

@@ -32,7 +32,10 @@ from bargein.echo import ECHO_MODES
 from bargein.policy import RestartPolicy, Tier1
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bargein.bench.report import TraceCollector
+    from bargein.bench.runner import Stack
 
 DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
 FRESH_SET_DIR = DEFAULT_SET_DIR.parent / "fresh"
@@ -78,11 +81,12 @@ def _bench_target(args: argparse.Namespace) -> int:
         args.duck_limit is not None,
         args.no_early_resume,
         args.answer_window is not None,
+        args.share_reader,
     )
     if any(engine_options):
         print(
             "note: --restart-policy, --no-loudness-onset, --transcripts, --no-preemptive, "
-            "--tier1, --duck-limit, --no-early-resume and --answer-window "
+            "--tier1, --duck-limit, --no-early-resume, --answer-window and --share-reader "
             "configure the in-process engine; with --target the server's settings apply",
             file=sys.stderr,
         )
@@ -199,7 +203,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.target:
         return _bench_target(args)
     from bargein.bench.report import collector_for
-    from bargein.bench.runner import RunOptions, default_stack, run_set
+    from bargein.bench.runner import RunOptions, run_set
     from bargein.scenario import ScenarioError
 
     if args.duck_limit is not None and args.tier1 != "duck":
@@ -215,6 +219,9 @@ def _bench(args: argparse.Namespace) -> int:
     )
     if args.echo is not None:
         options.echo = args.echo
+    if args.share_reader and args.spotter != "whisper":
+        print("bargein bench: --share-reader shares Whisper (--spotter whisper)", file=sys.stderr)
+        return 2
     rule_settings: dict[str, Any] = {}
     if args.no_early_resume:
         rule_settings["early_resume_readings"] = 0
@@ -243,7 +250,7 @@ def _bench(args: argparse.Namespace) -> int:
             clock=args.clock,
             options=options,
             only=args.only or (),
-            stack_factory=lambda: default_stack(transcripts=args.transcripts, spotter=args.spotter),
+            stack_factory=_stack_factory(args),
             on_trace=(traces := collector_for(args)),
             repeat=args.repeat,
             jobs=args.jobs,
@@ -460,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_early_resume",
         help="the rule never resumes the agent while the user's sound goes on, however "
         "surely Whisper heard a backchannel in it (docs/tier2.md)",
+    )
+    bench.add_argument(
+        "--share-reader",
+        action="store_true",
+        dest="share_reader",
+        help="with --jobs, the sessions played at once take turns on one Whisper reader, as "
+        "bargein serve's sessions do, instead of each having its own model",
     )
     bench.add_argument(
         "--answer-window",
@@ -682,6 +696,23 @@ def _seconds(text: str) -> float:
     if not value >= 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be zero or more: {text!r}")
     return value
+
+
+def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
+    """The benchmark's stacks; with ``--share-reader`` every one after the first reads
+    with the first one's Whisper reader."""
+    from bargein.bench.runner import default_stack
+
+    readers: list[Any] = []
+
+    def make() -> Stack:
+        reader = readers[0] if readers else None
+        stack = default_stack(transcripts=args.transcripts, spotter=args.spotter, reader=reader)
+        if args.share_reader and not readers:
+            readers.append(getattr(stack.second_opinion, "reader", None))
+        return stack
+
+    return make
 
 
 def _answer_window(text: str) -> float | str:

@@ -69,10 +69,16 @@ class Stack:
     second_opinion: StreamingRecognizer | None = None
 
 
-def default_stack(transcripts: bool = False, spotter: SpotterName = DEFAULT_SPOTTER) -> Stack:
+def default_stack(
+    transcripts: bool = False, spotter: SpotterName = DEFAULT_SPOTTER, reader: Any = None
+) -> Stack:
     """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, Whisper as
     tier 2's second opinion, and with ``transcripts`` Whisper for the user's turns too
     (one model for both).
+
+    ``reader``, a :class:`~bargein.providers.whisper_phrases.WhisperPhraseReader`, is
+    another stack's: the two stacks' sessions then take turns on one model, as the
+    server's sessions do.
 
     The agent's voice is Piper without sampling noise, so a run repeats exactly.
     """
@@ -93,8 +99,10 @@ def default_stack(transcripts: bool = False, spotter: SpotterName = DEFAULT_SPOT
     elif spotter == "whisper":
         from bargein.providers.whisper_phrases import WhisperPhraseReader
 
-        shared = transcriber.loaded_model if transcriber is not None else None
-        second = WhisperPhraseReader(shared=shared).stream()
+        if reader is None:
+            shared = transcriber.loaded_model if transcriber is not None else None
+            reader = WhisperPhraseReader(shared=shared)
+        second = reader.stream()
     tts = CachedTTS(PiperTTS.repeatable())
     return Stack(SileroVAD(), PocketSphinxRecognizer(), tts, transcriber, second)
 
