@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from bargein.bench.report import TraceCollector
     from bargein.bench.runner import Stack
+    from bargein.providers.whisper_phrases import WhisperPhraseReader
 
 DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
 FRESH_SET_DIR = DEFAULT_SET_DIR.parent / "fresh"
@@ -703,13 +704,14 @@ def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
     with the first one's Whisper reader."""
     from bargein.bench.runner import default_stack
 
-    readers: list[Any] = []
+    readers: list[WhisperPhraseReader] = []
 
     def make() -> Stack:
         reader = readers[0] if readers else None
         stack = default_stack(transcripts=args.transcripts, spotter=args.spotter, reader=reader)
-        if args.share_reader and not readers:
-            readers.append(getattr(stack.second_opinion, "reader", None))
+        shared = getattr(stack.second_opinion, "reader", None)
+        if args.share_reader and shared is not None and not readers:
+            readers.append(shared)
         return stack
 
     return make

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from bargein.scenario import Scenario, ScenarioError, load_set
 from bargein.session import Session, SessionConfig, describe_error
 from bargein.transports.stack import DEFAULT_SPOTTER, SpotterName
 
+if TYPE_CHECKING:
+    from bargein.providers.whisper_phrases import WhisperPhraseReader
+
 MIC_RATE = 16000
 MIC_CHUNK = 160
 """The microphone delivers 10 ms at a time, as WebRTC does (telephony sends 20 ms)."""
@@ -70,15 +73,16 @@ class Stack:
 
 
 def default_stack(
-    transcripts: bool = False, spotter: SpotterName = DEFAULT_SPOTTER, reader: Any = None
+    transcripts: bool = False,
+    spotter: SpotterName = DEFAULT_SPOTTER,
+    reader: WhisperPhraseReader | None = None,
 ) -> Stack:
     """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, Whisper as
     tier 2's second opinion, and with ``transcripts`` Whisper for the user's turns too
     (one model for both).
 
-    ``reader``, a :class:`~bargein.providers.whisper_phrases.WhisperPhraseReader`, is
-    another stack's: the two stacks' sessions then take turns on one model, as the
-    server's sessions do.
+    ``reader`` is another stack's Whisper reader: the two stacks' sessions then take
+    turns on one model, as the server's sessions do.
 
     The agent's voice is Piper without sampling noise, so a run repeats exactly.
     """
