@@ -45,9 +45,9 @@ from bargein.policy import (
 )
 
 
-def speaking_policy(**config: object) -> FloorPolicy:
+def speaking_policy(decider: RuleDecider | None = None, **config: object) -> FloorPolicy:
     config.setdefault("preemptive", False)
-    policy = FloorPolicy(PolicyConfig(**config))  # type: ignore[arg-type]
+    policy = FloorPolicy(PolicyConfig(**config), decider)  # type: ignore[arg-type]
     assert policy.handle(RequestReply(0.0)) == [StartReply(1, "turn", (), None)]
     policy.handle(FirstToken(0.15, 1))
     policy.handle(Playout(0.3, 1, 100))
@@ -893,10 +893,7 @@ def test_slow_readings_hear_the_sound_as_it_was_and_resume_nothing_early() -> No
 
 def answering_policy(window: float | None) -> FloorPolicy:
     """A speaking policy whose rule takes a yes within ``window`` of a question for an answer."""
-    policy = FloorPolicy(PolicyConfig(preemptive=False), RuleDecider(answer_window_s=window))
-    policy.handle(RequestReply(0.0))
-    policy.handle(FirstToken(0.15, 1))
-    policy.handle(Playout(0.3, 1, 100))
+    policy = speaking_policy(RuleDecider(answer_window_s=window))
     policy.handle(Playout(0.9, 1, 5000))
     return policy
 
