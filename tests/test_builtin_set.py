@@ -29,6 +29,7 @@ from bargein.builtin_set import (
     GENERATOR_VERSION,
     HELDOUT_NOISES,
     HELDOUT_VOICES,
+    QUESTION_REPLIES,
     STAMP_NAME,
     EspeakStyle,
     generate_builtin_set,
@@ -379,7 +380,7 @@ FRESH = builtin_set._fresh_specs()
 
 
 def test_the_fresh_set_shares_no_sentence_voice_or_room_with_the_built_in_set() -> None:
-    assert len(FRESH) == 67 and len({s.name for s in FRESH}) == len(FRESH)
+    assert len(FRESH) == 79 and len({s.name for s in FRESH}) == len(FRESH)
     said = {s.sound for s in PLAN if s.style is not None}
     assert not said & {s.sound for s in FRESH if s.style is not None}
     fresh_styles = {s.style for s in FRESH if s.style is not None}
@@ -393,14 +394,40 @@ def test_the_fresh_set_shares_no_sentence_voice_or_room_with_the_built_in_set() 
     assert not {s.echo for s in FRESH if s.echo} & {s.echo for s in PLAN if s.echo}
     assert {builtin_set._tags(s)["split"] for s in FRESH} == {"fresh"}
     kinds = Counter(s.kind for s in FRESH)
-    assert kinds == {"barge_in": 23, "short_command": 10, "backchannel": 20, "noise": 8, "echo": 6}
+    assert kinds == {
+        "barge_in": 23,
+        "short_command": 10,
+        "backchannel": 24,
+        "noise": 8,
+        "echo": 6,
+        "answer": 8,
+    }
 
 
 def test_the_fresh_set_s_sounds_land_inside_the_reply() -> None:
     for s in FRESH:
-        if s.sound is not None:
+        if s.sound is not None and not s.after_question:
             words = len(AGENT_REPLIES[s.reply].split())
             assert 1.0 <= s.at_s <= words / 4.0 - 1.5, s.name
+
+
+def test_the_fresh_set_s_answers_follow_the_agent_s_question() -> None:
+    """A yes within a second of the question's end is an answer that takes the floor; two
+    seconds on, over the next sentence, the same kind of word is a backchannel."""
+    timed = [s for s in FRESH if s.after_question]
+    assert {s.reply for s in timed} == set(QUESTION_REPLIES)
+    for s in timed:
+        rest = QUESTION_REPLIES[s.reply].split("? ", 1)[1]
+        # The sound lands inside the reply: after the question, under four words a second.
+        assert len(rest.split()) / 4.0 >= s.at_s + 1.0, s.name
+        if s.kind == "answer":
+            assert s.expect == "interrupt" and -0.2 <= s.at_s <= 0.9, s.name
+        else:
+            assert s.kind == "backchannel" and s.expect == "continue", s.name
+            assert s.name.startswith("backchannel-after-question-") and s.at_s >= 2.0, s.name
+    for text in QUESTION_REPLIES.values():
+        assert "?" not in text.split("? ", 1)[1] and not re.search(r"[0-9-]", text)
+        assert 20 <= len(text.split()) <= 110
 
 
 def test_the_fresh_set_generates_and_loads(tmp_path: Path) -> None:
@@ -409,6 +436,19 @@ def test_the_fresh_set_generates_and_loads(tmp_path: Path) -> None:
     assert (dest / STAMP_NAME).read_text().strip() == FRESH_GENERATOR_VERSION
     loaded, errors = load_set(dest)
     assert errors == [] and len(loaded) == len(FRESH)
+    # Each answer's onset sits its offset after the question's end, one end per reply.
+    question_end: dict[str, list[float]] = {}
+    specs = {s.name: s for s in FRESH}
+    for scenario in loaded:
+        spec = specs[scenario.name]
+        if spec.after_question:
+            event = scenario.events[0]
+            end = event.at_s + event.onset_in_audio() - spec.at_s
+            question_end.setdefault(spec.reply, []).append(end)
+    assert set(question_end) == set(QUESTION_REPLIES)
+    for reply, ends in question_end.items():
+        # Within a 10 ms window: an onset the file does not state is found by its level.
+        assert max(ends) - min(ends) <= 0.011 and 1.5 <= min(ends) <= 4.0, (reply, ends)
     for scenario in loaded:
         for event in scenario.events:
             audio, _ = read_wav(event.audio_path)

@@ -61,16 +61,18 @@ __all__ = [
     "GENERATOR_VERSION",
     "HELDOUT_NOISES",
     "HELDOUT_VOICES",
+    "QUESTION_REPLIES",
     "STAMP_NAME",
     "generate_builtin_set",
     "generate_fresh_set",
     "main",
+    "reply_text",
 ]
 
 GENERATOR_VERSION: Final = "bargein-builtin-set/3"
 """Identifies the generator's output; stored in the STAMP file."""
 
-FRESH_GENERATOR_VERSION: Final = "bargein-fresh-set/2"
+FRESH_GENERATOR_VERSION: Final = "bargein-fresh-set/3"
 """The same for the fresh check set (:func:`generate_fresh_set`)."""
 
 STAMP_NAME: Final = "STAMP"
@@ -178,6 +180,35 @@ AGENT_REPLIES: Final[dict[str, str]] = {
         "until three, and the gift shop closes half an hour before the museum does."
     ),
 }
+
+
+# Replies of the fresh set (version 3) that open with a question to the user. A "yes" just
+# after the question answers it and takes the floor; the same word over the sentences after
+# it is a backchannel. Written like AGENT_REPLIES.
+QUESTION_REPLIES: Final[dict[str, str]] = {
+    "table": (
+        "Would you like me to book the table for seven tonight? The restaurant has a quiet "
+        "corner by the window, and they can seat four people there from seven until ten."
+    ),
+    "dentist": (
+        "Shall I set a reminder for your dentist appointment? It is on Thursday at nine in "
+        "the morning, and the clinic asks you to arrive ten minutes early to check in."
+    ),
+    "upgrade": (
+        "Do you want to hear about the upgrade options? The premium plan adds unlimited "
+        "calls and twenty gigabytes of data for five dollars more each month, and you can "
+        "cancel it at any time."
+    ),
+    "pizza": (
+        "Is that everything for your order? I have a large pizza, a garden salad and two "
+        "lemonades, and it should be ready for pickup in about twenty minutes."
+    ),
+}
+
+
+def reply_text(key: str) -> str:
+    """The text of the reply ``key``, from either table."""
+    return AGENT_REPLIES[key] if key in AGENT_REPLIES else QUESTION_REPLIES[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,7 +636,9 @@ class _Spec:
 
     ``sound`` is the spoken text (with ``style``) or a noise name (``style`` None). With
     ``after_end`` the event's ``at_s`` is counted from the end of the reply as the Piper voice
-    speaks it (``near_end``). ``echo`` is ``(gain_db, delay_ms, reverb_s)``.
+    speaks it (``near_end``); with ``after_question``, from the end of the reply's opening
+    question to the sound's onset (the answers of the fresh set). ``echo`` is
+    ``(gain_db, delay_ms, reverb_s)``.
     """
 
     name: str
@@ -620,6 +653,7 @@ class _Spec:
     echo: _Room | None = None
     fresh: bool = False
     """Part of the fresh set (:func:`generate_fresh_set`)."""
+    after_question: bool = False
 
 
 _Row = tuple[str, str, str, str, float]
@@ -883,6 +917,30 @@ _FRESH_OPENS_WITH_BACKCHANNEL: Final[tuple[_Row, ...]] = (
 )  # fmt: skip
 
 
+# Added in version 3 of the fresh set, written before any run on them: the agent opens with
+# a question (QUESTION_REPLIES) and goes on talking. A yes within a second of the question's
+# end answers it and takes the floor (kind "answer"); the same kind of word two seconds or
+# more later, over the next sentence, is a backchannel. Here at_s runs from the question's
+# end to the sound's onset (negative: over the question's last word).
+_FRESH_ANSWERS: Final[tuple[_Row, ...]] = (
+    ("yes-please", "Yes, please.", "piper-measured", "table", 0.15),
+    ("yeah-book-it", "Yeah, book it.", "espeak-us-lee", "table", 0.6),
+    ("yup", "Yup.", "espeak-gb-m2", "dentist", -0.1),
+    ("yes-okay", "Yes, okay.", "piper-bright", "dentist", 0.45),
+    ("yeah-sure", "Yeah, sure.", "espeak-scot-andy", "upgrade", 0.3),
+    ("sure-tell-me", "Sure, tell me.", "piper-soft", "upgrade", 0.85),
+    ("yes-that-is-all", "Yes, that is all.", "espeak-carib-shelby", "pizza", 0.05),
+    ("yep-that-is-it", "Yep, that is it.", "espeak-rp-benjamin", "pizza", 0.7),
+)
+
+_FRESH_LATE_BACKCHANNEL: Final[tuple[_Row, ...]] = (
+    ("uh-huh-sure", "Uh-huh, sure.", "espeak-us-m1", "table", 2.2),
+    ("okay-yeah", "Okay, yeah.", "piper-tenor-fast", "dentist", 3.0),
+    ("right-okay", "Right, okay.", "espeak-nyc-robert", "upgrade", 2.6),
+    ("mm-okay", "Mm, okay.", "espeak-us-steph2", "pizza", 3.4),
+)
+
+
 def _echo_name(reply: str, gain_db: float, delay_ms: float, reverb_s: float) -> str:
     room = f"-room{round(reverb_s * 1000)}ms" if reverb_s > 0 else ""
     return f"{reply}-{round(-gain_db)}db-{round(delay_ms)}ms{room}"
@@ -913,6 +971,7 @@ def _fresh_specs() -> list[_Spec]:
         _FRESH_ECHO_ONLY,
         _FRESH_ECHO_BARGE_IN,
         opens_with_backchannel=_FRESH_OPENS_WITH_BACKCHANNEL,
+        answers=(_FRESH_ANSWERS, _FRESH_LATE_BACKCHANNEL),
         fresh=True,
     )
 
@@ -929,6 +988,7 @@ def _plan(
     near_end: tuple[_Row, ...] = (),
     silence: tuple[str, ...] = (),
     opens_with_backchannel: tuple[_Row, ...] = (),
+    answers: tuple[tuple[_Row, ...], tuple[_Row, ...]] = ((), ()),
     fresh: bool = False,
 ) -> list[_Spec]:
     stop: Literal["interrupt"] = "interrupt"
@@ -943,12 +1003,25 @@ def _plan(
         prefix: str | None = None,
         anchor: Literal["speech", "reply"] = "speech",
         after_end: bool = False,
+        after_question: bool = False,
     ) -> None:
         prefix = prefix or kind.replace("_", "-")
         for slug, text, style, reply, at_s in rows:
             name = f"{prefix}-{slug}-{style}"
             specs.append(
-                _Spec(name, kind, expect, reply, text, style, at_s, anchor, after_end, fresh=fresh)
+                _Spec(
+                    name,
+                    kind,
+                    expect,
+                    reply,
+                    text,
+                    style,
+                    at_s,
+                    anchor,
+                    after_end,
+                    fresh=fresh,
+                    after_question=after_question,
+                )
             )
 
     add_speech("barge_in", stop, barge_in)
@@ -969,6 +1042,9 @@ def _plan(
     for reply in silence:
         specs.append(_Spec(f"silence-control-{reply}", "silence", go, reply, fresh=fresh))
     add_speech("barge_in", stop, opens_with_backchannel, prefix="barge-in-backchannel-first")
+    add_speech("answer", stop, answers[0], after_question=True)
+    late = "backchannel-after-question"
+    add_speech("backchannel", go, answers[1], prefix=late, after_question=True)
     return specs
 
 
@@ -1099,6 +1175,13 @@ class _Piper:
         config = self._config_cls(noise_scale=0.0, noise_w_scale=0.0)
         return sum(chunk.size for chunk in self.chunks(text, config)) / self.sample_rate
 
+    def first_sentence_duration(self, text: str) -> float:
+        """Seconds of the first sentence of ``text`` in the agent voice, the pause after it
+        included: where the agent's player places the sentence's end (Piper voices one
+        chunk per sentence)."""
+        config = self._config_cls(noise_scale=0.0, noise_w_scale=0.0)
+        return self.chunks(text, config)[0].size / self.sample_rate
+
 
 def _espeak_requests(specs: Sequence[_Spec]) -> list[SpeakRequest]:
     requests = []
@@ -1140,6 +1223,12 @@ def _generate(dest: Path, specs: list[_Spec]) -> None:
             style = _ALL_STYLES.get(spec.style or "")
             if isinstance(style, PiperStyle) and spec.sound is not None:
                 piper_clips[spec.name] = piper.speak(spec.sound, style)
+        # After the user's clips: the agent voice draws no noise, but Piper's random state
+        # moves with every call, and the clips above must stay as earlier versions made them.
+        question_end: dict[str, float] = {}
+        for spec in specs:
+            if spec.after_question and spec.reply not in question_end:
+                question_end[spec.reply] = piper.first_sentence_duration(reply_text(spec.reply))
         espeak_rate, espeak_list = espeak_future.result()
     espeak_iter = iter(espeak_list)
 
@@ -1155,7 +1244,7 @@ def _generate(dest: Path, specs: list[_Spec]) -> None:
             "name": spec.name,
             "kind": spec.kind,
             "expect": spec.expect,
-            "agent_text": AGENT_REPLIES[spec.reply],
+            "agent_text": reply_text(spec.reply),
             "events": [],
             "echo": echo,
             # Not part of the format (unknown fields are ignored): see the module docstring.
@@ -1186,6 +1275,8 @@ def _generate(dest: Path, specs: list[_Spec]) -> None:
             at_s = spec.at_s
             if spec.after_end:
                 at_s = round(reply_end[spec.reply] + spec.at_s, 3)
+            if spec.after_question:
+                at_s = round(question_end[spec.reply] + spec.at_s - onset, 3)
             event: dict[str, Any] = {"at_s": at_s}
             if spec.anchor != "speech":
                 event["anchor"] = spec.anchor
@@ -1216,10 +1307,11 @@ def generate_fresh_set(dest: Path, *, force: bool = False) -> Path:
     """Write the fresh check set into ``dest`` and return ``dest``, as
     :func:`generate_builtin_set` does (stamped :data:`FRESH_GENERATOR_VERSION`).
 
-    67 scenarios of the built-in kinds (no ``thinking``, ``near_end`` or silence controls)
-    whose sentences, voices and rooms appear nowhere in the built-in set: tier 2's lexicons
-    and thresholds were tuned on the built-in set, and this one says how much of that
-    carries over. Every scenario's ``tags.split`` is ``"fresh"``.
+    79 scenarios of the built-in kinds (no ``thinking``, ``near_end`` or silence controls)
+    and answers to a question the agent asks, whose sentences, voices and rooms appear
+    nowhere in the built-in set: tier 2's lexicons and thresholds were tuned on the built-in
+    set, and this one says how much of that carries over. Every scenario's ``tags.split``
+    is ``"fresh"``.
     """
     return _generate_set(Path(dest), FRESH_GENERATOR_VERSION, _fresh_specs, force)
 
