@@ -18,6 +18,7 @@ from bargein.policy import (
     RestartPolicy,
     SpeechEnded,
     VoiceActivity,
+    Words,
 )
 from bargein.providers.base import ChosenWords, FloatAudio, TooClose
 from bargein.providers.scripted import ScriptedLLM
@@ -748,6 +749,18 @@ class SlowSpotter(DeferredSpotter):
         return work
 
 
+class DroppableSpotter(SlowSpotter):
+    """A slow second opinion that can be told its final reading is no longer wanted."""
+
+    def __init__(self, utterances: list[Utterance]) -> None:
+        super().__init__(utterances)
+        self.dropped_at: list[float] = []
+
+    def drop_later(self) -> None:
+        self.calls.append("drop_later")
+        self.dropped_at.append(asyncio.get_running_loop().time())
+
+
 def test_a_reading_given_up_when_the_user_went_on_leaves_the_decision_to_the_next_sound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -761,7 +774,7 @@ def test_a_reading_given_up_when_the_user_went_on_leaves_the_decision_to_the_nex
         return fn(*args)
 
     monkeypatch.setattr("bargein.session.run_blocking", slow_readings)
-    spotter = SlowSpotter([([], ("oh",)), ([], ("really",))])
+    spotter = DroppableSpotter([([], ("oh",)), ([], ("really",))])
     bull: Utterance = ([], ("bull",))
     really: Utterance = ([], ("really",))
     session = deferred_session(spotter, bull, [(1.0, 1.4), (1.7, 2.1)], 5.0, then=[really])
@@ -769,8 +782,45 @@ def test_a_reading_given_up_when_the_user_went_on_leaves_the_decision_to_the_nex
     [record] = session.timeline
     assert record.decision == "resume" and record.reason == "backchannel:really"
     assert record.decided_at is not None and record.decided_at > 2.1
-    # Both sounds were read; the first reading came back after the second sound began.
-    assert spotter.calls == ["finish_later", "work", "finish_later", "work"]
+    # The first reading was dropped as the second sound began (this double still runs
+    # it, and its answer, back after that, is not used); the second decided.
+    assert spotter.calls == ["finish_later", "drop_later", "work", "finish_later", "work"]
+    assert 1.7 <= spotter.dropped_at[0] < 1.75
+
+
+def test_a_final_reading_tier_2_decided_without_is_dropped_and_the_words_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A final reading that takes 1.5 s, longer than the rule waits for one: the rule
+    commits on the open recogniser's words, and the session stops the reading then and
+    gives the policy the final words at once, instead of when the reading comes back."""
+
+    async def slow_readings(fn: Callable[..., object], *args: object) -> object:
+        if getattr(fn, "slow", False):
+            await asyncio.sleep(1.5)
+        return fn(*args)
+
+    monkeypatch.setattr("bargein.session.run_blocking", slow_readings)
+    finals: list[tuple[float, float]] = []
+    deliver = Session._final_words
+
+    def final_words(self: Session, words: Words) -> None:
+        finals.append((words.at, self.now()))
+        deliver(self, words)
+
+    monkeypatch.setattr(Session, "_final_words", final_words)
+    spotter = DroppableSpotter([([], ("okay",))])
+    session = deferred_session(spotter)
+    assert not session.errors
+    record = session.timeline[0]
+    # On the open recogniser's partial words: its final ones wait with the reading.
+    assert (record.decision, record.reason) == ("commit", "words:look")
+    assert record.decided_at is not None and record.decided_at < 1.4 + 1.5
+    # Dropped as the rule decided; the reading's own answer, later, is not delivered.
+    assert spotter.calls[:3] == ["finish_later", "drop_later", "work"]
+    assert spotter.dropped_at[0] == pytest.approx(record.decided_at, abs=1e-3)
+    assert finals[0][0] == pytest.approx(record.decided_at, abs=1e-3)
+    assert all(at < 1.4 + 1.5 or at > 5.0 for at, _ in finals)  # none as the reading ends
 
 
 class CreepingLoop(VirtualEventLoop):

@@ -304,6 +304,27 @@ def test_a_peek_stops_once_its_final_reading_is_asked_for(
     assert watched.calls == ["encode", "generate", "align"]
 
 
+def test_a_final_reading_dropped_before_it_begins_never_reaches_the_model(
+    tts: PiperTTS, wait_or_yeah: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session drops a final reading that tier 2 decided without; the next
+    utterance's reading is not touched by it."""
+    watched = _Watched(wait_or_yeah._model)
+    monkeypatch.setattr(wait_or_yeah, "_model", watched)
+    stream = wait_or_yeah.stream()
+    stream.start()
+    stream.feed(speak(tts, "Wade."))
+    final = stream.finish_later()
+    stream.drop_later()
+    assert list(final()) == []
+    assert watched.calls == []
+    assert stream.last is not None and stream.last.how == "dropped"
+    stream.start()
+    stream.feed(speak(tts, "Wade."))
+    assert list(stream.finish_later()()) == ["wait"]
+    assert watched.calls == ["encode", "generate", "align"]
+
+
 def test_a_peek_under_way_stops_before_scoring(
     tts: PiperTTS, wait_or_yeah: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -362,7 +383,9 @@ def test_a_final_reading_says_when_it_was_a_tie(
     """Of the empty answers only a tie is :class:`TooClose`: a sentence or silence says
     nothing about which phrase the sound was like."""
     for how, too_close in (("tie", True), ("sentence", False), ("silent", False)):
-        monkeypatch.setattr(reader, "read", lambda audio, how=how: PhraseReading((), how, ""))
+        monkeypatch.setattr(
+            reader, "read", lambda audio, how=how, stop=None: PhraseReading((), how, "")
+        )
         stream = reader.stream()
         stream.start()
         stream.feed(np.zeros(320, dtype=np.float32))

@@ -519,13 +519,20 @@ class Session:
             self._pending_final = None
             self._final_words(_with_reading(replace(pending, at=self.now()), heard))
 
-    def _flush_final(self, at: float) -> None:
-        """Deliver final words still waiting for a second reading, without it: the user
-        spoke again (at ``at``), and the policy must hear one utterance's end before the
-        next start. The reading, when it comes, is dropped."""
+    def _flush_final(self, at: float, *, user_went_on: bool = True) -> None:
+        """Deliver final words still waiting for a second reading, without it, and stop
+        the reading: the user spoke again (at ``at``), and the policy must hear one
+        utterance's end before the next start; or tier 2 decided without the reading
+        (it waits only so long), and the user's turn waits for the words (its transcript
+        starts with them). A reading whose answer nobody reads would only hold up the
+        model that the turn's transcript and other sessions' readings share."""
         pending, self._pending_final = self._pending_final, None
-        if pending is not None:
-            self._final_words(replace(pending, at=at, user_went_on=True))
+        if pending is None:
+            return
+        drop = getattr(self.second_opinion, "drop_later", None)
+        if drop is not None:
+            self._recognize(drop)
+        self._final_words(replace(pending, at=at, user_went_on=user_went_on))
 
     def _final_words(self, words: Words) -> None:
         self._handle(words)
@@ -721,6 +728,8 @@ class Session:
     def _handle(self, event: Event) -> None:
         for action in self.policy.handle(event):
             self._do(action)
+        if self._pending_final is not None and not self.policy.overlap_open:
+            self._flush_final(event.at, user_went_on=False)  # decided without the reading
         self._arm_timer()
 
     def _arm_timer(self) -> None:

@@ -53,7 +53,9 @@ class StreamingRecognizer(Protocol):
     ``finish_later() -> Callable[[], Sequence[str]]``: it closes the utterance at once and
     returns the reading as work that the session runs in a worker thread; and
     ``peek_later()`` of the same shape, a reading of the utterance so far that leaves it
-    open, which the session asks for now and then while a second opinion's overlap lasts.
+    open, which the session asks for now and then while a second opinion's overlap lasts;
+    and ``drop_later()``, which stops the last final reading if it is still to come (tier 2
+    decided without it).
     A reading returned as :class:`ChosenWords` was the reader's choice among its phrases,
     not what it heard outright; a final reading returned as :class:`TooClose` heard one of
     its phrases but could not tell which.

@@ -433,7 +433,8 @@ class WhisperPhraseStream:
     ``feed`` returns no partial words: each reading is a Whisper pass, so the session asks
     for one now and then (:meth:`peek_later`) and for the last at the end (:meth:`finish_later`),
     and runs them off the event loop. Closing or restarting the utterance stops a peek
-    still under way: its answer would come too late to count.
+    still under way: its answer would come too late to count. :meth:`drop_later` stops a
+    final reading the session no longer waits for.
     """
 
     sample_rate: int = _SAMPLE_RATE
@@ -444,6 +445,7 @@ class WhisperPhraseStream:
         self.last: PhraseReading | None = None
         self._chunks: list[FloatAudio] = []
         self._peeks_stop = threading.Event()
+        self._final_stop = threading.Event()
 
     def _stop_peeks(self) -> None:
         self._peeks_stop.set()
@@ -489,9 +491,16 @@ class WhisperPhraseStream:
         self._stop_peeks()
         chunks, self._chunks = self._chunks, []
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        stop = self._final_stop = threading.Event()
 
         def read() -> Sequence[str]:
-            self.last = self.reader.read(audio.astype(np.float32, copy=False))
+            self.last = self.reader.read(audio.astype(np.float32, copy=False), stop=stop)
             return TooClose() if self.last.how == "tie" else self.last.words
 
         return read
+
+    def drop_later(self) -> None:
+        """Stop the last final reading, if it is still to come: its answer is no longer
+        wanted, and the model is shared with every other reading. It stops before it
+        begins, or after its encoder or greedy decode."""
+        self._final_stop.set()
