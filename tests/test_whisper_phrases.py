@@ -19,6 +19,7 @@ from bargein.providers.whisper_phrases import (
     HUMS,
     PhraseReading,
     WhisperPhraseReader,
+    WhisperPhraseStream,
     _distinct,
     _Turns,
 )
@@ -286,16 +287,24 @@ class _Watched:
         return call
 
 
+def _watched_wade(
+    tts: PiperTTS, reader: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
+) -> tuple[_Watched, WhisperPhraseStream]:
+    """A stream of ``reader`` holding "Wade." (read "wait"), its model's calls watched."""
+    watched = _Watched(reader._model)
+    monkeypatch.setattr(reader, "_model", watched)
+    stream = reader.stream()
+    stream.start()
+    stream.feed(speak(tts, "Wade."))
+    return watched, stream
+
+
 def test_a_peek_stops_once_its_final_reading_is_asked_for(
     tts: PiperTTS, wait_or_yeah: WhisperPhraseReader, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peek that has not begun when the utterance closes never reaches the model, and the
     final reading is made as usual."""
-    watched = _Watched(wait_or_yeah._model)
-    monkeypatch.setattr(wait_or_yeah, "_model", watched)
-    stream = wait_or_yeah.stream()
-    stream.start()
-    stream.feed(speak(tts, "Wade."))
+    watched, stream = _watched_wade(tts, wait_or_yeah, monkeypatch)
     peek = stream.peek_later()
     final = stream.finish_later()
     assert list(peek()) == []
@@ -309,11 +318,7 @@ def test_a_final_reading_dropped_before_it_begins_never_reaches_the_model(
 ) -> None:
     """The session drops a final reading that tier 2 decided without; the next
     utterance's reading is not touched by it."""
-    watched = _Watched(wait_or_yeah._model)
-    monkeypatch.setattr(wait_or_yeah, "_model", watched)
-    stream = wait_or_yeah.stream()
-    stream.start()
-    stream.feed(speak(tts, "Wade."))
+    watched, stream = _watched_wade(tts, wait_or_yeah, monkeypatch)
     final = stream.finish_later()
     stream.drop_later()
     assert list(final()) == []

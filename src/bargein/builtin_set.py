@@ -1172,15 +1172,16 @@ class _Piper:
         The agent voice has no sampling noise (``PiperTTS.repeatable``), so this is the
         exact length the runner will play, and a ``near_end`` event lands just after it.
         """
-        config = self._config_cls(noise_scale=0.0, noise_w_scale=0.0)
-        return sum(chunk.size for chunk in self.chunks(text, config)) / self.sample_rate
+        return sum(chunk.size for chunk in self._agent_chunks(text)) / self.sample_rate
 
     def first_sentence_duration(self, text: str) -> float:
         """Seconds of the first sentence of ``text`` in the agent voice, the pause after it
         included: where the agent's player places the sentence's end (Piper voices one
         chunk per sentence)."""
-        config = self._config_cls(noise_scale=0.0, noise_w_scale=0.0)
-        return self.chunks(text, config)[0].size / self.sample_rate
+        return self._agent_chunks(text)[0].size / self.sample_rate
+
+    def _agent_chunks(self, text: str) -> list[np.ndarray]:
+        return self.chunks(text, self._config_cls(noise_scale=0.0, noise_w_scale=0.0))
 
 
 def _espeak_requests(specs: Sequence[_Spec]) -> list[SpeakRequest]:
