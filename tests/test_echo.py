@@ -477,11 +477,12 @@ def test_auto_takes_a_headset_call_for_one_once_the_agent_played_to_a_silent_mic
     # that alike): the gate finds the agent's audio in it at some lag and cannot explain
     # the rest. Early in the call that is how a room's echo looks, and the canceller
     # starts; after seconds of the agent playing to a silent microphone it is the user.
-    mic = np.zeros_like(AGENT)
-    late = round(3.2 * RATE)
-    mic[late:] = AGENT[: len(mic) - late]
-    control, made = drive_auto(mic)
-    assert made == [] and control.canceller_started_at is None
+    for after_s in (3.2, 1.7):  # an answer to the agent's opening question comes early
+        mic = np.zeros_like(AGENT)
+        late = round(after_s * RATE)
+        mic[late:] = AGENT[: len(mic) - late]
+        control, made = drive_auto(mic)
+        assert made == [] and control.canceller_started_at is None, after_s
     early = np.zeros_like(AGENT)
     early[round(0.4 * RATE) :] = AGENT[: len(AGENT) - round(0.4 * RATE)]
     control, made = drive_auto(early + room_echo(0.7, 150, -30))

@@ -403,7 +403,7 @@ class EchoControl:
         max_delay_s: float = 0.4,
         judge_blocks: int = 12,
         explained_share: float = 0.5,
-        unheard_after_s: float = 3.0,
+        unheard_after_s: float = 1.5,
     ) -> None:
         if mode not in ECHO_MODES or mode == "off":
             raise ValueError(f"echo mode must be one of aec, gate, both, auto; got {mode!r}")
@@ -431,7 +431,9 @@ class EchoControl:
         self.unheard_after_s = unheard_after_s
         """``"auto"``: after the agent has played this long with the microphone below the
         gate's floor, before any verdict, there is no echo path (a headset): the verdict
-        is taken, and it starts no canceller."""
+        is taken, and it starts no canceller. An echo path sounds within ``max_delay_s``
+        of the agent's first sound; a user who answers the agent's opening question, a
+        second or two in, must find the verdict taken."""
         self._unheard_s = 0.0
         self._sounding: deque[bool] = deque(maxlen=judge_blocks)  # explained or not
         self._verdict = False
