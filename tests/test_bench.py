@@ -59,6 +59,7 @@ def test_run_set_measures_each_scenario_at_the_ear(scenario_dir: Path) -> None:
     by_name = {s["name"]: s for s in results["scenarios"]}
     assert set(by_name) == {"barge", "uhhuh", "quiet"}
     assert len(results["errors"]) == 1 and "broken.json" in results["errors"][0]
+    assert "loop_lag" not in results  # virtual time: the loop is never late
 
     barge = by_name["barge"]
     # Ground-truth onset: anchor + at_s + 0.2 s of lead-in. The anchor is the first audible
@@ -337,6 +338,8 @@ def test_the_same_run_works_on_the_real_clock(tmp_path: Path) -> None:
         assert result["state_word_errors"] == 0 and result["llm_tokens_after_cancel"] == 0
         assert result["timeline"][0]["onset_at"] < 5.0  # relative to the reply request
     assert results["summary"]["barge_in"]["count"] == 2
+    # The loop the sessions share was watched while they played (figures vary by machine).
+    assert results["loop_lag"]["samples"] > 0 and results["loop_lag"]["max_ms"] >= 0.0
 
 
 def test_progress_draws_one_line_on_a_terminal_and_plain_lines_in_a_log() -> None:

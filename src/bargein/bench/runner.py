@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from bargein.bench.loop_lag import LoopLag, watched
 from bargein.bench.metrics import audible_after_ms, format_table, state_word_errors, summarize
 from bargein.bench.microphone import (
     Microphone,
@@ -364,15 +365,17 @@ def run_set(
     plan = [(k, s) for k in range(1, repeat + 1) for s in scenarios]
     problems = [str(e) for e in errors]
     bar = Progress(len(plan), enabled=progress)
+    lag = LoopLag()
     if clock == "real" and jobs > 1 and len(plan) > 1:
         stacks = [stack, *(factory() for _ in range(min(jobs, len(plan)) - 1))]
-        outcomes = run(_run_together(plan, stacks, options, on_trace, bar), "real")
+        outcomes = run(watched(_run_together(plan, stacks, options, on_trace, bar), lag), "real")
     else:
         outcomes = []
         for k, scenario in plan:
 
             def play(scenario: Scenario = scenario) -> dict[str, Any]:
-                return run(run_scenario(scenario, stack, options, on_trace), clock)
+                work = run_scenario(scenario, stack, options, on_trace)
+                return run(watched(work, lag) if clock == "real" else work, clock)
 
             outcomes.append(_run_one(play, scenario, k, bar))
     bar.close()
@@ -385,6 +388,7 @@ def run_set(
         "summary": summarize(results),
         "scenarios": results,
         "errors": problems,
+        **({"loop_lag": lag.summary()} if clock == "real" else {}),
     }
 
 
@@ -435,5 +439,12 @@ async def _run_together(
 
 def print_report(results: dict[str, Any]) -> None:
     print(format_table(results["summary"]))
+    lag = results.get("loop_lag")
+    if lag and lag.get("samples"):
+        print(
+            f"event loop lag: p50 {lag['p50_ms']} / p95 {lag['p95_ms']} / p99 {lag['p99_ms']} / "
+            f"max {lag['max_ms']} ms, {lag['over_100ms']} of {lag['samples']} samples 100 ms late "
+            "or more (every session on the loop waits that long)"
+        )
     for problem in results.get("errors", []):
         print(f"error: {problem}")
