@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import pytest
 
-from bargein.bench.loop_lag import LoopLag, watched
+from bargein.bench.loop_lag import LagMonitor, watched
 from bargein.clock import run
 
 
 def test_a_step_that_holds_the_loop_shows_as_lag() -> None:
-    lag = LoopLag(interval_s=0.01)
+    lag = LagMonitor(period_s=0.01)
 
     async def work() -> str:
         await asyncio.sleep(0.05)
@@ -29,7 +30,7 @@ def test_a_step_that_holds_the_loop_shows_as_lag() -> None:
 
 
 def test_on_the_virtual_clock_the_loop_is_never_late() -> None:
-    lag = LoopLag()
+    lag = LagMonitor()
 
     async def work() -> None:
         await asyncio.sleep(1.0)
@@ -40,7 +41,7 @@ def test_on_the_virtual_clock_the_loop_is_never_late() -> None:
 
 
 def test_the_watcher_stops_with_the_work_even_when_it_fails() -> None:
-    lag = LoopLag()
+    lag = LagMonitor()
 
     async def work() -> None:
         await asyncio.sleep(0.1)
@@ -55,9 +56,9 @@ def test_the_watcher_stops_with_the_work_even_when_it_fails() -> None:
 
 
 def test_summary_percentiles_and_bad_intervals() -> None:
-    lag = LoopLag()
+    lag = LagMonitor()
     assert lag.summary() == {"samples": 0}
-    lag.samples = [0.001] * 98 + [0.12, 0.5]
+    lag.samples = deque([0.001] * 98 + [0.12, 0.5])
     summary = lag.summary()
     assert summary == {
         "samples": 100,
@@ -67,5 +68,5 @@ def test_summary_percentiles_and_bad_intervals() -> None:
         "max_ms": 500.0,
         "over_100ms": 2,
     }
-    with pytest.raises(ValueError, match="interval_s"):
-        LoopLag(interval_s=0.0)
+    with pytest.raises(ValueError, match="period_s"):
+        LagMonitor(period_s=0.0)

@@ -34,10 +34,8 @@ import os
 import pickle
 import random
 import re
-import statistics
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bargein.bench.loop_lag import LagMonitor
 from bargein.providers.base import (
     FloatAudio,
     ProviderError,
@@ -296,40 +295,6 @@ class KnownSpeechRecognizer:
             for w, end in zip(known.words, known.word_ends, strict=True)
             if end + delay_s <= heard_s
         ]
-
-
-# -- the event loop's lateness ------------------------------------------------------------
-
-
-class LagMonitor:
-    """How late the event loop wakes a task that asked to sleep ``period_s``.
-
-    On a loop that serves audio, lateness is delay every session sees: a frame, a
-    playout report or a ``clear`` waits that long.
-    """
-
-    def __init__(self, period_s: float = 0.02, keep: int = 100_000) -> None:
-        self.period_s = period_s
-        self._late: deque[float] = deque(maxlen=keep)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.period_s)
-            self._late.append(max(0.0, loop.time() - before - self.period_s))
-
-    def report(self, *, reset: bool = False) -> dict[str, float | None]:
-        late = sorted(self._late)
-        if reset:
-            self._late.clear()
-        if not late:
-            return {"lag_p50_ms": None, "lag_p95_ms": None, "lag_max_ms": None}
-        return {
-            "lag_p50_ms": 1000 * statistics.median(late),
-            "lag_p95_ms": 1000 * late[min(len(late) - 1, int(0.95 * len(late)))],
-            "lag_max_ms": 1000 * late[-1],
-        }
 
 
 # -- the server ---------------------------------------------------------------------------

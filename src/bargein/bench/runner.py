@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from bargein.bench.loop_lag import LoopLag, watched
+from bargein.bench.loop_lag import LagMonitor, watched
 from bargein.bench.metrics import audible_after_ms, format_table, state_word_errors, summarize
 from bargein.bench.microphone import (
     Microphone,
@@ -365,7 +365,7 @@ def run_set(
     plan = [(k, s) for k in range(1, repeat + 1) for s in scenarios]
     problems = [str(e) for e in errors]
     bar = Progress(len(plan), enabled=progress)
-    lag = LoopLag()
+    lag = LagMonitor()
     if clock == "real" and jobs > 1 and len(plan) > 1:
         stacks = [stack, *(factory() for _ in range(min(jobs, len(plan)) - 1))]
         outcomes = run(watched(_run_together(plan, stacks, options, on_trace, bar), lag), "real")
