@@ -1,0 +1,432 @@
+"""Streaming recognisers in worker processes, off the event loop that the sessions share.
+
+Why a process: every session of a server (and every scenario of ``bargein bench --jobs``)
+runs its audio on one event loop, and PocketSphinx decodes in C *with the interpreter
+lock held*. On the loop it costs about 0.3 of a core per speaking user, and its search
+at each utterance's end (a tenth of a second alone, more than half a second on a busy
+machine) holds every other session's microphone frames, VAD and tier-2 timers meanwhile
+(BENCHMARKS.md, "The event loop's stalls on a loaded machine"). In a worker thread it
+would still hold the lock; in another process it holds nothing of ours.
+
+How it works:
+
+* :class:`RecognizerProcesses` keeps a few worker processes. Each hosts the streams of
+  several sessions, and a stream stays in the worker that opened it: its decoder's
+  state (the utterance so far, the adapted cepstral mean) lives there.
+* A stream (:class:`OffloadedRecognizer`) is a :class:`StreamingRecognizer`. ``start``,
+  ``feed`` and ``reset`` send a message and return at once; ``feed`` returns the newest
+  words the worker has sent back for the current utterance, so partial words arrive a
+  frame or two after their audio. ``finish_later`` closes the utterance and returns
+  work that waits for the final words, which the session runs off the loop;
+  ``finish`` waits itself.
+* Audio crosses as the float32 samples the session has, so a stream decodes exactly
+  what the recogniser would decode in-process.
+* A thread per worker reads its replies; nothing else touches the pipe's reading end.
+
+Failures: an error inside the worker comes back with the stream's next call as a
+:class:`ProviderError` (the session records it and goes on without words); a worker
+that dies fails its streams the same way, for good, and the next stream goes to a new
+worker. A stream dropped without :meth:`OffloadedRecognizer.close` is closed when it is
+garbage-collected, so a server's finished calls do not leave decoders behind.
+
+The factory is sent to the workers by pickling (they are started with ``spawn``: model
+thread pools do not survive a fork), so it must be a module-level callable, such as a
+recogniser class, or a :func:`functools.partial` of one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from bargein.providers.base import FloatAudio, ProviderError, StreamingRecognizer, start_afresh
+
+__all__ = ["OffloadedRecognizer", "RecognizerProcesses"]
+
+START_TIMEOUT_S = 60.0
+"""How long a worker may take to import its recogniser and build the first one."""
+FINAL_TIMEOUT_S = 5.0
+"""How long the final words of an utterance may take before the wait gives up."""
+
+_Message = tuple[Any, ...]
+
+
+class RecognizerProcesses:
+    """Worker processes that run one kind of streaming recogniser for many sessions.
+
+    ``factory`` builds one recogniser (one stream's worth of state) inside a worker.
+    :meth:`stream` gives a session its own stream, on the worker with the fewest.
+    Use as a context manager, or call :meth:`close`; the workers also end with this
+    process.
+    """
+
+    def __init__(self, factory: Callable[[], StreamingRecognizer], processes: int = 1) -> None:
+        if processes < 1:
+            raise ValueError(f"need at least one recogniser process, got {processes}")
+        self._factory = factory
+        self._size = processes
+        self._workers: list[_Worker] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> RecognizerProcesses:
+        """Start every worker now (each takes a second or so) rather than at the first
+        streams; raises :class:`ProviderError` if one cannot build its recogniser."""
+        with self._lock:
+            self._fill()
+        return self
+
+    def stream(self) -> OffloadedRecognizer:
+        """A new stream for one session, on the least busy live worker."""
+        with self._lock:
+            self._fill()
+            worker = min(self._workers, key=lambda w: len(w.streams))
+            stream = OffloadedRecognizer(worker, next(self._ids))
+        return stream
+
+    def close(self) -> None:
+        """Stop the workers; their streams fail from now on."""
+        with self._lock:
+            self._closed = True
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        """The live workers' process ids (for tests and the curious)."""
+        return [w.process.pid for w in self._workers if w.failure is None]
+
+    def __enter__(self) -> RecognizerProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fill(self) -> None:
+        if self._closed:
+            raise ProviderError("the recogniser processes are closed")
+        self._workers = [w for w in self._workers if w.failure is None]
+        # All at once: each takes a second or so to import and load.
+        launched = [_Worker.launch(self._factory) for _ in range(self._size - len(self._workers))]
+        failure: ProviderError | None = None
+        for process, conn in launched:
+            try:
+                self._workers.append(_Worker.ready(process, conn))
+            except ProviderError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
+class OffloadedRecognizer:
+    """One session's stream on a recogniser worker (see the module's notes)."""
+
+    def __init__(self, worker: _Worker, stream_id: int) -> None:
+        self.sample_rate = worker.sample_rate
+        self._worker = worker
+        self._id = stream_id
+        self._utterance = 0
+        self._open = False
+        self._words: tuple[str, ...] = ()
+        self._finals: dict[int, Future[tuple[str, ...]]] = {}
+        self._error: str | None = None
+        worker.streams[stream_id] = self
+        worker.send(("open", stream_id, 0))
+        self._closer = weakref.finalize(self, worker.forget, stream_id)
+
+    def start(self) -> None:
+        """Begin a new utterance, discarding one that is still open."""
+        self._check()
+        self._utterance += 1
+        self._open, self._words = True, ()
+        self._send("start")
+
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        """Send more audio; return the newest words back from the worker."""
+        self._check()
+        if not self._open:
+            raise RuntimeError("OffloadedRecognizer.feed() called before start()")
+        samples = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if samples.size:
+            self._send("feed", samples.tobytes())
+        return self._words
+
+    def finish_later(self) -> Callable[[], Sequence[str]]:
+        """Close the utterance now; the returned work waits for its final words."""
+        self._check()
+        if not self._open:
+            raise RuntimeError("OffloadedRecognizer.finish() called before start()")
+        self._open = False
+        final: Future[tuple[str, ...]] = Future()
+        self._finals[self._utterance] = final
+        self._send("finish")
+        failure = self._worker.failure
+        if failure is not None:  # gone meanwhile: its reader may have missed this one
+            _settle(final, ProviderError(failure))
+
+        def wait() -> Sequence[str]:
+            try:
+                return final.result(FINAL_TIMEOUT_S)
+            except FutureTimeout:
+                raise ProviderError(
+                    f"the recogniser process sent no final words within {FINAL_TIMEOUT_S:g} s"
+                ) from None
+
+        return wait
+
+    def finish(self) -> Sequence[str]:
+        """Close the utterance and wait for its final words."""
+        return self.finish_later()()
+
+    def reset(self) -> None:
+        """Forget what earlier utterances taught the recogniser, as for a new caller."""
+        self._check()
+        self._open, self._words = False, ()
+        self._send("reset")
+
+    def close(self) -> None:
+        """Free the stream's recogniser in its worker."""
+        self._closer()
+
+    @property
+    def pid(self) -> int:
+        """The process id of the worker that decodes this stream."""
+        return self._worker.process.pid
+
+    # -- from the worker's reader thread ------------------------------------------------
+
+    def _receive(self, message: _Message) -> None:
+        kind, utterance = message[0], message[2]
+        if kind == "words":
+            if utterance == self._utterance:
+                self._words = message[3]
+        elif kind == "final":
+            final = self._finals.pop(utterance, None)
+            if final is not None:
+                _settle(final, message[3])
+        elif kind == "error":
+            self._error = message[3]
+            final = self._finals.pop(utterance, None)
+            if final is not None:
+                _settle(final, ProviderError(f"in the recogniser process: {message[3]}"))
+
+    def _lost(self, why: str) -> None:
+        finals, self._finals = self._finals, {}
+        for final in finals.values():
+            _settle(final, ProviderError(why))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Raise what went wrong since the last call (for good if the worker is gone)."""
+        failure = self._worker.failure
+        if failure is not None:
+            raise ProviderError(failure)
+        error, self._error = self._error, None
+        if error is not None:
+            raise ProviderError(f"in the recogniser process: {error}")
+
+    def _send(self, kind: str, *payload: object) -> None:
+        self._worker.send((kind, self._id, self._utterance, *payload))
+
+
+def _settle(future: Future[tuple[str, ...]], outcome: tuple[str, ...] | Exception) -> None:
+    """Complete ``future`` unless it already is (the reader thread and a closing caller
+    may both try)."""
+    try:
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process, its pipe, and the thread that reads what it sends back."""
+
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    sample_rate: int
+    streams: weakref.WeakValueDictionary[int, OffloadedRecognizer] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+    """The worker's streams, held weakly: a session's end (its stream collected) closes
+    the stream's recogniser in the worker."""
+    failure: str | None = None
+    """Why the worker can serve no more (None while it can)."""
+    _sending: threading.Lock = field(default_factory=threading.Lock)
+
+    @staticmethod
+    def launch(
+        factory: Callable[[], StreamingRecognizer],
+    ) -> tuple[subprocess.Popen[bytes], Connection]:
+        """Start a worker's process and hand it the factory; :meth:`ready` waits for it."""
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            conn.send(list(sys.path))  # first: the factory's module may need it
+            conn.send(factory)
+        except OSError:
+            pass  # it died already: ready() says how
+        return process, conn
+
+    @classmethod
+    def ready(cls, process: subprocess.Popen[bytes], conn: Connection) -> _Worker:
+        """The launched worker, once it has built its first recogniser."""
+        try:
+            if not conn.poll(START_TIMEOUT_S):
+                raise ProviderError(
+                    f"the recogniser process did not start within {START_TIMEOUT_S:g} s"
+                )
+            kind, _, _, detail = conn.recv()
+        except (EOFError, OSError):
+            kind, detail = "failed", f"it exited with code {process.wait(5.0)}"
+        except BaseException:
+            process.kill()
+            conn.close()
+            raise
+        if kind != "ready":
+            process.wait(5.0)
+            conn.close()
+            raise ProviderError(f"could not start the recogniser process: {detail}")
+        worker = cls(process, conn, int(detail))
+        reader = threading.Thread(
+            target=worker._read, name="bargein-recognizer-replies", daemon=True
+        )
+        reader.start()
+        return worker
+
+    def send(self, message: _Message) -> None:
+        if self.failure is not None:
+            return  # the streams say so at their next call
+        try:
+            with self._sending:
+                self.conn.send(message)
+        except (OSError, ValueError) as exc:  # a broken pipe, or closed here
+            self._fail(f"the recogniser process is gone ({type(exc).__name__}: {exc})")
+
+    def forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+        self.send(("close", stream_id, 0))
+
+    def stop(self) -> None:
+        self._fail("the recogniser processes are closed")
+        try:
+            self.process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5.0)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self.conn.recv()
+                stream = self.streams.get(message[1])
+                if stream is not None:
+                    stream._receive(message)
+        except (EOFError, OSError):
+            pass
+        try:
+            code: int | None = self.process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._fail(f"the recogniser process exited (code {code})")
+
+    def _fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+            for stream in list(self.streams.values()):
+                stream._lost(why)
+            try:
+                with self._sending:
+                    self.conn.send(None)  # asks the worker to leave, if it is still there
+            except (OSError, ValueError):
+                pass
+            self.conn.close()
+
+
+_CHILD = "import sys; from bargein.providers.offloaded import serve; serve(int(sys.argv[1]))"
+"""The worker's whole program. A fresh interpreter, not ``multiprocessing``: that would
+import the parent's main script again, which a user's script need not be ready for."""
+
+
+def serve(fd: int) -> None:
+    """A worker's main: recognisers by stream id, one message at a time, on the socket
+    ``fd``, until told to stop or until the parent's end closes (the parent is gone).
+
+    The parent sends its import path and the factory first, then the streams' calls."""
+    conn = Connection(fd)
+    try:
+        sys.path[:] = conn.recv()
+        factory = conn.recv()
+    except Exception as exc:  # a factory that does not unpickle here
+        conn.send(("failed", 0, 0, f"{type(exc).__name__}: {exc}"))
+        return
+    try:
+        spare: StreamingRecognizer | None = factory()
+    except Exception as exc:
+        conn.send(("failed", 0, 0, f"{type(exc).__name__}: {exc}"))
+        return
+    assert spare is not None
+    conn.send(("ready", 0, 0, spare.sample_rate))
+    streams: dict[int, StreamingRecognizer] = {}
+    sent: dict[int, tuple[str, ...]] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind, stream_id, utterance = message[:3]
+        try:
+            if kind == "open":
+                streams[stream_id] = spare if spare is not None else factory()
+                spare = None
+                continue
+            if kind == "close":
+                streams.pop(stream_id, None)
+                sent.pop(stream_id, None)
+                continue
+            recognizer = streams.get(stream_id)
+            if recognizer is None:
+                continue  # its opening failed, and said so
+            if kind == "start":
+                recognizer.start()
+                sent[stream_id] = ()
+            elif kind == "feed":
+                audio = np.frombuffer(message[3], dtype=np.float32)
+                words = tuple(recognizer.feed(audio))
+                if words != sent.get(stream_id):
+                    sent[stream_id] = words
+                    conn.send(("words", stream_id, utterance, words))
+            elif kind == "finish":
+                conn.send(("final", stream_id, utterance, tuple(recognizer.finish())))
+            elif kind == "reset":
+                start_afresh(recognizer)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:
+            conn.send(("error", stream_id, utterance, f"{type(exc).__name__}: {exc}"))

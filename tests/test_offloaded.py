@@ -1,0 +1,238 @@
+"""Streaming recognisers in worker processes (bargein.providers.offloaded).
+
+The doubles below run inside the workers, so they live at module level (the workers
+import them by name). Waits on the workers' replies poll with a deadline: what the test
+asserts is the value that arrives, never how soon.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from bargein.providers.base import FloatAudio, ProviderError
+from bargein.providers.offloaded import OffloadedRecognizer, RecognizerProcesses
+from bargein.providers.piper import PiperTTS
+from bargein.providers.pocketsphinx import PocketSphinxRecognizer
+
+BOOM = 0.5
+"""A sample value that makes :class:`Tally` fail."""
+
+
+class Tally:
+    """Says how much audio it has heard in the utterance, to the exact float32 sum."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.total = np.float32(0.0)
+        self.utterances = 0
+
+    def start(self) -> None:
+        self.utterances += 1
+        self.samples, self.total = 0, np.float32(0.0)
+
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        if audio.size and audio[0] == BOOM:
+            raise RuntimeError("cannot decode this")
+        self.samples += audio.size
+        self.total = np.float32(self.total + audio.sum(dtype=np.float32))
+        return ("heard", str(self.samples))
+
+    def finish(self) -> Sequence[str]:
+        return ("final", str(self.utterances), str(self.samples), repr(float(self.total)))
+
+    def reset(self) -> None:
+        self.utterances = 0
+
+
+def unloadable() -> Tally:
+    raise ProviderError("PocketSphinx hmm not found: /nowhere")
+
+
+def eventually(read: Callable[[], object], want: object, within_s: float = 20.0) -> object:
+    deadline = time.monotonic() + within_s
+    while (got := read()) != want and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return got
+
+
+@pytest.fixture
+def tally() -> Iterator[RecognizerProcesses]:
+    with RecognizerProcesses(Tally, processes=2) as pool:
+        yield pool
+
+
+def frames(seed: int, count: int = 20) -> list[FloatAudio]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-0.4, 0.4, 160).astype(np.float32) for _ in range(count)]
+
+
+def test_a_stream_hears_exactly_the_audio_and_answers_per_utterance(
+    tally: RecognizerProcesses,
+) -> None:
+    stream = tally.stream()
+    assert stream.sample_rate == 16000
+    for utterance in (1, 2):
+        audio = frames(utterance)
+        stream.start()
+        # The worker's words come back when they come: none yet, or this frame's.
+        assert stream.feed(audio[0]) in ((), ("heard", "160"))
+        for frame in audio[1:]:
+            stream.feed(frame)
+        assert eventually(lambda: stream.feed(np.zeros(0, np.float32)), ("heard", "3200")) == (
+            "heard",
+            "3200",
+        )
+        total = np.float32(0.0)
+        for frame in audio:
+            total = np.float32(total + frame.sum(dtype=np.float32))
+        assert stream.finish() == ("final", str(utterance), "3200", repr(float(total)))
+    stream.reset()
+    stream.start()
+    assert stream.finish_later()() == ("final", "1", "0", "0.0")
+
+
+def test_streams_keep_their_own_state_and_spread_over_the_workers(
+    tally: RecognizerProcesses,
+) -> None:
+    one, two = tally.stream(), tally.stream()
+    assert sorted((one.pid, two.pid)) == sorted(tally.pids)
+    three = tally.stream()
+    assert three.pid in tally.pids
+    for stream in (one, two, three):
+        stream.start()
+    for frame in frames(1, 3):
+        one.feed(frame)
+    three.start()  # a second utterance on a stream that shares a worker with one of them
+    three.feed(np.full(320, 0.25, np.float32))
+    assert one.finish()[:3] == ("final", "1", "480")
+    assert two.finish()[:3] == ("final", "1", "0")
+    assert three.finish() == ("final", "2", "320", "80.0")
+
+
+def test_words_from_an_earlier_utterance_never_show_in_the_next(
+    tally: RecognizerProcesses,
+) -> None:
+    stream = tally.stream()
+    stream.start()
+    for frame in frames(3, 50):
+        stream.feed(frame)
+    stream.start()  # before the worker has caught up with the first utterance
+    assert stream.feed(np.zeros(0, np.float32)) == ()
+    stream.feed(np.full(160, 0.1, np.float32))
+    assert eventually(lambda: stream.feed(np.zeros(0, np.float32)), ("heard", "160")) == (
+        "heard",
+        "160",
+    )
+
+
+def test_a_failure_in_the_worker_comes_back_once_and_the_stream_goes_on(
+    tally: RecognizerProcesses,
+) -> None:
+    stream = tally.stream()
+    stream.start()
+    stream.feed(np.full(160, BOOM, np.float32))
+    deadline = time.monotonic() + 20.0
+    while (error := _raised(lambda: stream.feed(np.zeros(0, np.float32)))) is None:
+        assert time.monotonic() < deadline, "the worker's error never came back"
+        time.sleep(0.005)
+    assert error == "in the recogniser process: RuntimeError: cannot decode this"
+    stream.feed(np.full(160, 0.25, np.float32))  # the next call works again
+    assert stream.finish() == ("final", "1", "160", "40.0")
+
+
+def _raised(call: Callable[[], object]) -> str | None:
+    try:
+        call()
+    except ProviderError as exc:
+        return str(exc)
+    return None
+
+
+def test_a_recogniser_that_cannot_load_says_why_when_the_workers_start() -> None:
+    with pytest.raises(ProviderError, match="hmm not found: /nowhere"):
+        RecognizerProcesses(unloadable).start()
+    with pytest.raises(ValueError, match="at least one"):
+        RecognizerProcesses(Tally, processes=0)
+
+
+def test_a_dead_worker_fails_its_streams_for_good_and_new_streams_go_elsewhere(
+    tally: RecognizerProcesses,
+) -> None:
+    stream = tally.stream()
+    stream.start()
+    stream.feed(frames(4, 1)[0])
+    waiting = stream.finish_later()
+    os.kill(stream.pid, signal.SIGKILL)
+    with pytest.raises(ProviderError, match="exited"):
+        waiting()
+    for _ in range(2):
+        with pytest.raises(ProviderError, match="exited"):
+            stream.start()
+    fresh = tally.stream()
+    assert stream.pid not in tally.pids and fresh.pid in tally.pids
+    fresh.start()
+    assert fresh.finish() == ("final", "1", "0", "0.0")
+
+
+def test_a_stream_nobody_holds_is_closed_in_its_worker(tally: RecognizerProcesses) -> None:
+    stream = tally.stream()
+    worker = stream._worker
+    assert list(worker.streams) == [stream._id]
+    del stream
+    gc.collect()
+    assert list(worker.streams) == []
+
+
+def test_closed_processes_refuse_new_streams_and_fail_old_ones() -> None:
+    pool = RecognizerProcesses(Tally).start()
+    stream = pool.stream()
+    pool.close()
+    with pytest.raises(ProviderError, match="closed"):
+        stream.start()
+    with pytest.raises(ProviderError, match="closed"):
+        pool.stream()
+    assert pool.pids == []
+
+
+def test_pocketsphinx_in_a_worker_decodes_exactly_as_in_process() -> None:
+    """The same partial and final words, a frame or two later for the partials."""
+    tts = PiperTTS(noise_scale=0.0, noise_w_scale=0.0)
+    audio = np.concatenate([c.audio for c in tts.synthesize("Hold on, what was the price?")])
+    speech = (resample_poly(audio, 320, 441) * 0.3).astype(np.float32)
+    here = PocketSphinxRecognizer()
+    with RecognizerProcesses(PocketSphinxRecognizer) as pool:
+        there = pool.stream()
+        for _ in range(2):  # the second utterance starts from the adapted mean in both
+            here.start()
+            there.start()
+            partials_here: set[tuple[str, ...]] = set()
+            partials_there: set[tuple[str, ...]] = set()
+            for i in range(0, len(speech), 160):
+                partials_here.add(tuple(here.feed(speech[i : i + 160])))
+                partials_there.add(tuple(there.feed(speech[i : i + 160])))
+            final = tuple(here.finish())
+            assert tuple(there.finish()) == final
+            assert {"hold", "price"} <= set(final)
+            assert partials_there <= partials_here
+
+
+def test_an_offloaded_stream_is_a_streaming_recognizer(tally: RecognizerProcesses) -> None:
+    from bargein.providers.base import StreamingRecognizer
+
+    stream = tally.stream()
+    assert isinstance(stream, OffloadedRecognizer)
+    assert isinstance(stream, StreamingRecognizer)
+    with pytest.raises(RuntimeError, match="before start"):
+        stream.feed(np.zeros(160, np.float32))
+    with pytest.raises(RuntimeError, match="before start"):
+        stream.finish()
