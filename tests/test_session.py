@@ -823,6 +823,165 @@ def test_a_final_reading_tier_2_decided_without_is_dropped_and_the_words_go_on(
     assert all(at < 1.4 + 1.5 or at > 5.0 for at, _ in finals)  # none as the reading ends
 
 
+class ElsewhereRecognizer(ScriptedRecognizer):
+    """An open recogniser that decodes in another process, as the server runs
+    PocketSphinx: its final words come as deferred work (``finish_later``) that takes
+    ``delay_s`` of clock time (see :func:`timed_work`)."""
+
+    def __init__(self, utterances: list[Utterance], delay_s: float, fail: bool = False) -> None:
+        super().__init__(utterances)
+        self.delay_s = delay_s
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def finish(self) -> Sequence[str]:
+        self.calls.append("finish")
+        return super().finish()
+
+    def finish_later(self) -> Callable[[], Sequence[str]]:
+        self.calls.append("finish_later")
+        words = super().finish()
+
+        def work() -> Sequence[str]:
+            self.calls.append("work")
+            if self.fail:
+                raise RuntimeError("decoder gone")
+            return words
+
+        work.delay_s = self.delay_s  # type: ignore[attr-defined]
+        return work
+
+
+def timed_work(monkeypatch: pytest.MonkeyPatch) -> list[Words]:
+    """Deferred work takes its ``delay_s`` (a slow reading 1.5 s); returns the final words
+    as the policy receives them."""
+
+    async def run_blocking(fn: Callable[..., object], *args: object) -> object:
+        await asyncio.sleep(getattr(fn, "delay_s", 1.5 if getattr(fn, "slow", False) else 0.0))
+        return fn(*args)
+
+    monkeypatch.setattr("bargein.session.run_blocking", run_blocking)
+    finals: list[Words] = []
+    deliver = Session._final_words
+
+    def final_words(self: Session, words: Words) -> None:
+        finals.append(words)
+        deliver(self, words)
+
+    monkeypatch.setattr(Session, "_final_words", final_words)
+    return finals
+
+
+def elsewhere_session(
+    recognizer: ElsewhereRecognizer,
+    spans: Sequence[tuple[float, float]] = ((1.0, 1.4), (9.0, 10.0)),
+    until: float = 11.0,
+    spotter: DeferredSpotter | None = None,
+) -> Session:
+    async def main() -> Session:
+        speaker = LoggingSpeaker([])
+        session = Session(
+            vad=LevelVAD(),
+            recognizer=recognizer,
+            second_opinion=spotter,
+            llm=ScriptedLLM([AGENT, ANSWER, ANSWER]),
+            tts=WordTTS(),
+            sink=speaker,
+        )
+        async with session:
+            await drive(session, speaker, spans, until=until)
+        return session
+
+    return run(main(), "virtual")
+
+
+LOOK_I: Utterance = ([(1.2, ("look",))], ("look", "i"))
+
+
+def test_final_words_decoded_elsewhere_reach_tier_2_and_the_turn_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recogniser's final words take 0.2 s to come back, within the rule's wait for
+    them: tier 2 decides on them, as it would in-process, and the user's later turn is
+    answered with its final words. The session never calls the blocking ``finish``."""
+    finals = timed_work(monkeypatch)
+    recognizer = ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], delay_s=0.2)
+    session = elsewhere_session(recognizer)
+    assert not session.errors
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "words:look i")
+    assert recognizer.calls == ["finish_later", "work"] * 2
+    assert [f.words for f in finals] == [("look", "i"), ("what", "about", "tuesday")]
+    # Each came when the work did, 0.2 s after the sound's end was known.
+    assert finals[0].at >= 1.4 + 0.2 and finals[1].at >= 10.0 + 0.2
+    users = [m.content for m in session.conversation.messages if m.role == "user"]
+    assert users[-1] == "what about tuesday"
+
+
+def test_tier_2_decides_without_late_final_words_and_the_turn_still_gets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Final words 0.4 s late, past the rule's 0.3 s wait: it commits on the partial
+    "look"; the words, when they come, are the start of the user's turn."""
+    finals = timed_work(monkeypatch)
+    session = elsewhere_session(ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], 0.4))
+    assert not session.errors
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "words:look")
+    assert record.decided_at is not None
+    assert finals[0].words == ("look", "i") and finals[0].at > record.decided_at
+    users = [m.content for m in session.conversation.messages if m.role == "user"]
+    assert users[0] == "look i"
+
+
+def test_a_final_reading_waits_for_final_words_decoded_elsewhere_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both a second reading and the recogniser's final words are deferred: the words
+    reach the policy once, with the reading, whichever comes last."""
+    finals = timed_work(monkeypatch)
+    spotter = DeferredSpotter([([], ("okay",))])
+    recognizer = ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], delay_s=0.2)
+    session = elsewhere_session(recognizer, spotter=spotter)
+    assert not session.errors
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("resume", "spotted:okay")
+    assert finals[0].words == ("look", "i") and finals[0].second_opinion == ("okay",)
+    assert finals[0].at >= 1.4 + 0.2
+    assert spotter.calls[:2] == ["finish_later", "work"]
+
+
+def test_the_user_going_on_before_late_final_words_moves_on_without_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Look, | really?": the next sound starts before the first one's final words come
+    back. Its partial words close the first utterance as the next begins, and the final
+    words that come later are not delivered out of order."""
+    finals = timed_work(monkeypatch)
+    really: Utterance = ([], ("really",))
+    recognizer = ElsewhereRecognizer([LOOK_I, really, WHAT_ABOUT_TUESDAY], delay_s=0.25)
+    session = elsewhere_session(recognizer, [(1.0, 1.4), (1.7, 2.1)], until=5.0)
+    assert not session.errors
+    assert finals[0].words == ("look",) and finals[0].user_went_on
+    assert 1.7 <= finals[0].at < 1.75
+    assert [f.words for f in finals[1:]] == [("really",)]
+    assert recognizer.calls == ["finish_later", "work"] * 2
+    [record] = session.timeline
+    assert (record.decision, record.reason) == ("resume", "backchannel:really")
+
+
+def test_final_words_that_fail_elsewhere_leave_the_partial_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    finals = timed_work(monkeypatch)
+    recognizer = ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], 0.1, fail=True)
+    session = elsewhere_session(recognizer)
+    assert session.errors == ["recogniser: RuntimeError: decoder gone"]
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "words:look")
+    assert finals[0].words == ("look",)
+
+
 class CreepingLoop(VirtualEventLoop):
     """Virtual time that moves a microsecond whenever it is read, as a real clock moves
     while a frame is processed: an event stamped with a later reading must never reach

@@ -244,7 +244,9 @@ class Session:
         spotter (:class:`bargein.providers.phrases.PocketSphinxPhraseSpotter`): its reading
         reaches tier 2 with the final words, for the rule to weigh."""
         self._spotting = False
-        self._pending_final: Words | None = None
+        self._pending_final: _PendingFinal | None = None
+        self._partial_words: tuple[str, ...] = ()
+        """The recogniser's latest words of the utterance under way."""
         self._spot_started_at = 0.0
         """When the audio the second opinion holds (or is about to) began: the sound's
         onset, or the canceller's start if it took over since. Readings are timed from it,
@@ -480,18 +482,22 @@ class Session:
                 self._backlog.append(frame)  # heard in order, by the catch-up
             else:
                 self._catch_up(at)
-                words = self._recognize(self.recognizer.feed, frame)
+                self._partial_words = tuple(self._recognize(self.recognizer.feed, frame))
                 self._spot(frame, at)
-                self._handle(Words(at, tuple(words)))
+                self._handle(Words(at, self._partial_words))
         if isinstance(change, SpeechEnded):
-            final = tuple(self._recognize(self.recognizer.finish))
+            own = self._finish_own()
             confirmed = self.segmenter.confirmed
+            own_later = own if callable(own) and confirmed else None
             if not confirmed:
-                final = ()  # loud but never a voice: whatever the recogniser made of it
+                final: tuple[str, ...] = ()  # loud but never a voice: whatever was made of it
+            else:
+                final = self._partial_words if callable(own) else tuple(own)
             reading = self._spotting and self.second_opinion is not None
             later = getattr(self.second_opinion, "finish_later", None) if reading else None
             self._handle(change)
             second: Sequence[str] | None = None
+            second_later: Callable[[], Sequence[str]] | None = None
             if reading and not confirmed:
                 self._spotting, second = False, ()  # no voice: nothing to read
             elif later is not None and self._group is not None:
@@ -500,39 +506,80 @@ class Session:
                 # as for any final words, up to its own limit.
                 self._spotting = False
                 work = self._recognize(later)
-                if callable(work):
-                    pending = self._pending_final = Words(at, final, final=True)
-                    self._handle(ReadingStarted(at, self.policy.utterance))
-                    self._group.create_task(self._second_reading(pending, work))
-                    return
+                second_later = work if callable(work) else None
             elif reading:
                 second = self._spotted()
-            self._final_words(_with_reading(Words(at, final, final=True), second))
+            words = Words(at, final, final=True)
+            if own_later is None and second_later is None:
+                self._final_words(_with_reading(words, second))
+                return
+            assert self._group is not None
+            pending = self._pending_final = _PendingFinal(
+                words, own=own_later is not None, reading=second_later is not None, heard=second
+            )
+            if second_later is not None:
+                self._handle(ReadingStarted(at, self.policy.utterance))
+                self._group.create_task(self._second_reading(pending, second_later))
+            if own_later is not None:
+                self._group.create_task(self._own_final(pending, own_later))
 
-    async def _second_reading(self, pending: Words, work: Callable[[], Sequence[str]]) -> None:
+    def _finish_own(self) -> Sequence[str] | Callable[[], Sequence[str]]:
+        """Close the recogniser's utterance: its final words, or work that waits for them
+        off the loop, from a recogniser that decodes elsewhere (``finish_later``)."""
+        later = getattr(self.recognizer, "finish_later", None)
+        if later is not None and self._group is not None:
+            work = self._recognize(later)
+            return work if callable(work) else ()
+        return tuple(self._recognize(self.recognizer.finish))
+
+    async def _second_reading(
+        self, pending: _PendingFinal, work: Callable[[], Sequence[str]]
+    ) -> None:
         try:
             heard: Sequence[str] | None = await run_blocking(work)
         except Exception as exc:
             self._recogniser_failed(exc)
             heard = None
-        if self._pending_final is pending:
+        if pending.reading:  # (not dropped meanwhile)
+            pending.reading, pending.heard = False, heard
+            self._deliver_final(pending)
+
+    async def _own_final(self, pending: _PendingFinal, work: Callable[[], Sequence[str]]) -> None:
+        try:
+            words = tuple(await run_blocking(work))
+        except Exception as exc:
+            self._recogniser_failed(exc)  # the last partial words stand
+        else:
+            pending.words = replace(pending.words, words=words)
+        pending.own = False
+        self._deliver_final(pending)
+
+    def _deliver_final(self, pending: _PendingFinal) -> None:
+        if self._pending_final is pending and not pending.own and not pending.reading:
             self._pending_final = None
-            self._final_words(_with_reading(replace(pending, at=self.now()), heard))
+            self._final_words(_with_reading(replace(pending.words, at=self.now()), pending.heard))
 
     def _flush_final(self, at: float, *, user_went_on: bool = True) -> None:
-        """Deliver final words still waiting for a second reading, without it, and stop
-        the reading: the user spoke again (at ``at``), and the policy must hear one
-        utterance's end before the next start; or tier 2 decided without the reading
-        (it waits only so long), and the user's turn waits for the words (its transcript
-        starts with them). A reading whose answer nobody reads would only hold up the
-        model that the turn's transcript and other sessions' readings share."""
-        pending, self._pending_final = self._pending_final, None
+        """Stop waiting for a second reading: the user spoke again (at ``at``), and the
+        policy must hear one utterance's end before the next start; or tier 2 decided
+        without the reading (it waits only so long). A reading whose answer nobody reads
+        would only hold up the model that the turn's transcript and other sessions'
+        readings share. The final words go now, or, when tier 2 decided and the
+        recogniser's own final words are still on their way, as soon as they come: the
+        user's turn waits for them (its transcript starts with them)."""
+        pending = self._pending_final
         if pending is None:
             return
-        drop = getattr(self.second_opinion, "drop_later", None)
-        if drop is not None:
-            self._recognize(drop)
-        self._final_words(replace(pending, at=at, user_went_on=user_went_on))
+        if pending.reading:
+            pending.reading, pending.heard = False, None
+            drop = getattr(self.second_opinion, "drop_later", None)
+            if drop is not None:
+                self._recognize(drop)
+        if pending.own and not user_went_on:
+            return
+        self._pending_final = None
+        words = replace(pending.words, at=at, user_went_on=user_went_on)
+        self._final_words(_with_reading(words, pending.heard))
 
     def _final_words(self, words: Words) -> None:
         self._handle(words)
@@ -615,6 +662,7 @@ class Session:
         words: Sequence[str] = ()
         for past in backlog:
             words = self._recognize(self.recognizer.feed, past)
+        self._partial_words = tuple(words)
         # Inside a frame's processing, its timestamp: the policy's clock never runs back.
         now = self.now() if at is None else at
         if self.second_opinion is not None and self.policy.state is Floor.TENTATIVE:
@@ -624,7 +672,7 @@ class Session:
             self._last_peek = float("-inf")
             for past in backlog:
                 self._spot(past, now)
-        self._handle(Words(now, tuple(words)))
+        self._handle(Words(now, self._partial_words))
 
     def _spot(self, frame: FloatAudio, at: float) -> None:
         if not self._spotting or self.second_opinion is None:
@@ -728,7 +776,8 @@ class Session:
     def _handle(self, event: Event) -> None:
         for action in self.policy.handle(event):
             self._do(action)
-        if self._pending_final is not None and not self.policy.overlap_open:
+        pending = self._pending_final
+        if pending is not None and pending.reading and not self.policy.overlap_open:
             self._flush_final(event.at, user_went_on=False)  # decided without the reading
         self._arm_timer()
 
@@ -1128,6 +1177,18 @@ def describe_error(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(eq=False)
+class _PendingFinal:
+    """An utterance's final words on their way to the policy: they wait for the
+    recogniser's own final words (``own``), for a second reading of them (``reading``),
+    or for both. ``words`` holds the partial words until the recogniser's final ones come."""
+
+    words: Words
+    own: bool
+    reading: bool
+    heard: Sequence[str] | None = None
 
 
 def _with_reading(final: Words, heard: Sequence[str] | None) -> Words:
