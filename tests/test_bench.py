@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,44 @@ def test_cli_refuses_a_duck_limit_it_cannot_use(
     with pytest.raises(SystemExit):
         cli_main(["bench", str(scenario_dir), "--tier1", "duck", "--duck-limit", "-1"])
     assert "seconds must be zero or more" in capsys.readouterr().err
+
+
+def test_cli_decodes_in_worker_processes_on_the_real_clock_only(
+    scenario_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bargein.bench.runner as runner
+    import bargein.transports.stack as stacks
+
+    pools: list[int] = []
+    handed: list[object] = []
+
+    def offloaded(processes: int) -> Callable[[], object]:
+        pools.append(processes)
+        return lambda: f"stream {len(handed)}"
+
+    def fake_run_set(folder: Path, **kwargs: Any) -> dict[str, Any]:
+        for _ in range(2):  # two stacks, as --jobs 2 builds
+            kwargs["stack_factory"]()
+        return {"summary": {}, "scenarios": [], "errors": []}
+
+    def fake_stack(**kwargs: Any) -> Stack:
+        handed.append(kwargs["recognizer"])
+        return Stack(LevelVAD(), ScriptedRecognizer([]), WordTTS())
+
+    monkeypatch.setattr(stacks, "offloaded_recognizer", offloaded)
+    monkeypatch.setattr(runner, "run_set", fake_run_set)
+    monkeypatch.setattr(runner, "default_stack", fake_stack)
+    folder = str(scenario_dir)
+    assert cli_main(["bench", folder, "--clock", "virtual", "--recognizer-processes", "2"]) == 0
+    assert pools == [] and handed == [None, None]  # virtual time: in-process, exactly
+    assert cli_main(["bench", folder, "--clock", "real"]) == 0
+    assert pools == [stacks.RECOGNIZER_PROCESSES]  # one set of workers for both stacks
+    assert handed[2:] == ["stream 2", "stream 3"]
+    assert cli_main(["bench", folder, "--clock", "real", "--recognizer-processes", "0"]) == 0
+    assert len(pools) == 1 and handed[4:] == [None, None]
+    with pytest.raises(SystemExit):
+        cli_main(["bench", folder, "--recognizer-processes", "-1"])
+    assert "must be zero or more" in capsys.readouterr().err
 
 
 def test_cli_sets_the_rule_s_early_resumes_and_answer_window(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 import threading
@@ -17,10 +18,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+import bargein.chat
 import bargein.server
 from bargein.cli import main as cli_main
 from bargein.conversation import Conversation, build_llm_input
 from bargein.providers.llamacpp import transcript_prompt
+from bargein.providers.offloaded import OffloadedRecognizer
+from bargein.providers.pocketsphinx import PocketSphinxRecognizer
 from bargein.providers.scripted import ScriptedLLM
 from bargein.server import LONG_REPLIES_PROMPT, WEB_DIR, create_app, serve_in_background
 from bargein.transports.stack import AgentStack
@@ -188,7 +192,7 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    built: list[tuple[str, str | None, str | None, bool, str | None]] = []
+    built: list[tuple[str, str | None, str | None, bool, str | None, int]] = []
 
     def default_stack(
         llm: str,
@@ -197,13 +201,14 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
         *,
         transcripts: bool,
         spotter: str | None,
+        recognizer_processes: int,
     ) -> AgentStack:
-        built.append((llm, model, api_key, transcripts, spotter))
+        built.append((llm, model, api_key, transcripts, spotter, recognizer_processes))
         return make_stack()
 
     monkeypatch.setattr(bargein.server, "default_stack", default_stack)
     argv = ["serve", "--port", "9000", "--bench", "--llm", "http://x/v1", "--model", "m"]
-    argv += ["--no-transcripts", "--spotter", "phrases"]
+    argv += ["--no-transcripts", "--spotter", "phrases", "--recognizer-processes", "3"]
     assert cli_main(argv) == 0
     assert built == []  # nothing loads before the server runs
     (run,) = served
@@ -213,7 +218,7 @@ async def test_serve_builds_the_stack_lazily_from_its_options(
         client, ready = await open_client(url)
         assert ready["bench"] is True
         await client.close()
-    assert built == [("http://x/v1", "m", None, False, "phrases")]
+    assert built == [("http://x/v1", "m", None, False, "phrases", 3)]
 
 
 async def test_serve_takes_the_token_from_the_environment(
@@ -251,21 +256,36 @@ def test_demo_opens_the_page_unless_told_not_to(
 
 
 def test_the_default_agent_is_asked_for_long_replies(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bargein.chat
 
     llm = ScriptedLLM(["..."])
     monkeypatch.setattr(bargein.chat, "make_llm", lambda *args: llm)
     monkeypatch.setattr(
         AgentStack, "default", classmethod(lambda cls, llm, transcripts: cls(llm, WordTTS()))
     )
-    stack = bargein.server.default_stack(spotter="off")
+    stack = bargein.server.default_stack(spotter="off", recognizer_processes=0)
     assert stack.llm is llm and stack.spotter_factory is None
+    assert isinstance(stack.recognizer_factory(), PocketSphinxRecognizer)  # on the loop
     assert stack.config.system_prompt == LONG_REPLIES_PROMPT
     # The embedded base model reads it as the note on the call it continues.
     conversation = Conversation(system_prompt=LONG_REPLIES_PROMPT)
     conversation.add_user("Tell me about whales.")
     prompt = transcript_prompt(build_llm_input(conversation, "turn"))
     assert f"(About this call: {LONG_REPLIES_PROMPT})" in prompt
+
+
+def test_the_default_server_decodes_speech_in_worker_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        AgentStack, "default", classmethod(lambda cls, llm, transcripts: cls(llm, WordTTS()))
+    )
+    monkeypatch.setattr(bargein.chat, "make_llm", lambda *args: ScriptedLLM(["..."]))
+    stack = bargein.server.default_stack(spotter="off", recognizer_processes=1)
+    one, two = stack.recognizer_factory(), stack.recognizer_factory()
+    assert isinstance(one, OffloadedRecognizer) and isinstance(two, OffloadedRecognizer)
+    assert one.pid == two.pid != os.getpid()  # one worker, a stream for each session
+    one.start()
+    assert one.finish() == ()
 
 
 def test_serve_with_workers_hands_each_a_picklable_app_factory(

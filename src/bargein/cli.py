@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from bargein.bench.report import TraceCollector
     from bargein.bench.runner import Stack
+    from bargein.providers.base import StreamingRecognizer
     from bargein.providers.whisper_phrases import WhisperPhraseReader
 
 DEFAULT_SET_DIR = Path(os.environ.get("BARGEIN_CACHE", ".cache")) / "scenarios" / "builtin"
@@ -329,6 +330,7 @@ def _serve(args: argparse.Namespace) -> int:
         spotter=args.spotter,
         token=token,
         bench=args.bench,
+        recognizer_processes=args.recognizer_processes,
     )
     open_browser = args.command == "demo" and not args.no_browser
     log_level = "info" if args.verbose else "warning"
@@ -470,6 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
         "surely Whisper heard a backchannel in it (docs/tier2.md)",
     )
     bench.add_argument(
+        "--recognizer-processes",
+        type=_processes,
+        default=None,
+        metavar="N",
+        dest="recognizer_processes",
+        help="with --clock real: the streaming recogniser decodes in N worker processes, "
+        "as bargein serve's does (default: one per core, up to four); 0 decodes on the "
+        "event loop. The virtual clock always decodes in-process",
+    )
+    bench.add_argument(
         "--share-reader",
         action="store_true",
         dest="share_reader",
@@ -567,10 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument(
         "--recognizer",
-        choices=["known", "pocketsphinx"],
+        choices=["known", "pocketsphinx", "pocketsphinx-loop"],  # load_server.RECOGNIZERS
         default="known",
         help="the load server's recogniser: a stand-in that knows the set's recordings "
-        "(default), or the real pocketsphinx",
+        "(default), the real pocketsphinx in worker processes as bargein serve runs it, "
+        "or pocketsphinx on the server's event loop",
     )
     load.add_argument(
         "--server-pid",
@@ -705,16 +718,34 @@ def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
     from bargein.bench.runner import default_stack
 
     readers: list[WhisperPhraseReader] = []
+    streams = _bench_recognizers(args)
 
     def make() -> Stack:
         reader = readers[0] if readers else None
-        stack = default_stack(transcripts=args.transcripts, spotter=args.spotter, reader=reader)
+        stack = default_stack(
+            transcripts=args.transcripts,
+            spotter=args.spotter,
+            reader=reader,
+            recognizer=streams() if streams is not None else None,
+        )
         shared = getattr(stack.second_opinion, "reader", None)
         if args.share_reader and shared is not None and not readers:
             readers.append(shared)
         return stack
 
     return make
+
+
+def _bench_recognizers(args: argparse.Namespace) -> Callable[[], StreamingRecognizer] | None:
+    """Streams on recogniser worker processes for the real clock's sessions, as the
+    server runs them; None: each stack decodes on the event loop (always on the virtual
+    clock, where time is not the CPU's and a run must repeat exactly)."""
+    from bargein.transports.stack import RECOGNIZER_PROCESSES, offloaded_recognizer
+
+    processes = args.recognizer_processes
+    if processes is None:
+        processes = RECOGNIZER_PROCESSES if args.clock == "real" else 0
+    return offloaded_recognizer(processes) if processes > 0 and args.clock == "real" else None
 
 
 def _answer_window(text: str) -> float | str:
@@ -738,7 +769,20 @@ def _add_llm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", dest="api_key", help="API key for the server at --llm URL")
 
 
+def _processes(text: str) -> int:
+    """A number of worker processes on the command line: zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more: {text!r}")
+    return value
+
+
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    from bargein.transports.stack import RECOGNIZER_PROCESSES
+
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
@@ -748,6 +792,16 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="serve from N processes sharing the port, each with its own models: more "
         "calls at once on a machine with several cores (docs/load.md)",
+    )
+    parser.add_argument(
+        "--recognizer-processes",
+        type=_processes,
+        default=RECOGNIZER_PROCESSES,
+        metavar="N",
+        dest="recognizer_processes",
+        help="each server process decodes its calls' speech in N worker processes, off "
+        f"the event loop that carries their audio (default {RECOGNIZER_PROCESSES}: one "
+        "per core, up to four); 0 decodes on the loop",
     )
     parser.add_argument(
         "--token",

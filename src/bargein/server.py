@@ -37,7 +37,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 from starlette.websockets import WebSocket
 
-from bargein.transports.stack import DEFAULT_SPOTTER, AgentStack, SpotterName
+from bargein.transports.stack import (
+    DEFAULT_SPOTTER,
+    RECOGNIZER_PROCESSES,
+    AgentStack,
+    SpotterName,
+    offloaded_recognizer,
+)
 from bargein.transports.websocket import CLOSE_SERVER_ERROR, serve_websocket
 
 __all__ = [
@@ -79,11 +85,14 @@ def default_stack(
     *,
     transcripts: bool = True,
     spotter: SpotterName = DEFAULT_SPOTTER,
+    recognizer_processes: int = RECOGNIZER_PROCESSES,
 ) -> AgentStack:
     """The embedded stack (or another LLM), told to answer at length.
 
     The note asks a small base model for more than its usual two sentences (on Gemma 3
     270M it roughly doubles the length of a reply); an instruction-tuned model follows it.
+    The streaming recogniser runs in ``recognizer_processes`` worker processes (0: on the
+    server's own event loop).
     """
     from bargein.chat import make_llm
     from bargein.providers.llamacpp import LlamaCppLLM
@@ -93,6 +102,8 @@ def default_stack(
         language.max_tokens = REPLY_TOKENS
     stack = AgentStack.default(language, transcripts=transcripts)
     stack.config.system_prompt = LONG_REPLIES_PROMPT
+    if recognizer_processes > 0:
+        stack.recognizer_factory = offloaded_recognizer(recognizer_processes)
     if spotter == "phrases":
         from bargein.transports.stack import phrase_spotter
 
@@ -113,6 +124,7 @@ def default_app(
     spotter: SpotterName = DEFAULT_SPOTTER,
     token: str | None = None,
     bench: bool = False,
+    recognizer_processes: int = RECOGNIZER_PROCESSES,
 ) -> Starlette:
     """``bargein serve``'s application: :func:`default_stack`, loaded as the server starts.
 
@@ -120,7 +132,13 @@ def default_app(
     worker process (:mod:`bargein.workers`).
     """
     stack = functools.partial(
-        default_stack, llm, model, api_key, transcripts=transcripts, spotter=spotter
+        default_stack,
+        llm,
+        model,
+        api_key,
+        transcripts=transcripts,
+        spotter=spotter,
+        recognizer_processes=recognizer_processes,
     )
     return create_app(stack, token=token, bench=bench)
 

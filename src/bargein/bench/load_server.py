@@ -13,7 +13,8 @@ interruption path is real and whose expensive models are not:
   token, then 30 tokens/s);
 - **recogniser**: :class:`KnownSpeechRecognizer`, which recognises the set's own
   recordings by their samples and reports each word 100 ms after its audio has arrived;
-  ``--recognizer pocketsphinx`` uses the real streaming recogniser instead.
+  ``--recognizer pocketsphinx`` uses the real streaming recogniser instead, in worker
+  processes as ``bargein serve`` runs it, and ``pocketsphinx-loop`` on the event loop.
 
 So what a load test measures is what each session costs the interruption path itself;
 the models a deployment would run elsewhere (or share) are out of the figure. Once it
@@ -80,6 +81,7 @@ __all__ = [
 log = logging.getLogger("bargein.load_server")
 
 TTS_DELAY_S = (0.10, 0.15)
+RECOGNIZERS = ("known", "pocketsphinx", "pocketsphinx-loop")
 RECOGNIZER_DELAY_S = 0.1
 WORKER_THREADS = 32
 """The TTS stand-in waits in a worker thread; the default pool (cores + 4) would queue
@@ -361,11 +363,17 @@ def build_stack(
         index = _recordings(scenarios, INPUT_RATE)
         recognizer_factory = lambda: KnownSpeechRecognizer(index, recognizer_delay_s)  # noqa: E731
     elif recognizer == "pocketsphinx":
+        from bargein.transports.stack import offloaded_recognizer
+
+        recognizer_factory = offloaded_recognizer()  # as bargein serve runs it
+    elif recognizer == "pocketsphinx-loop":
         from bargein.providers.pocketsphinx import PocketSphinxRecognizer
 
         recognizer_factory = PocketSphinxRecognizer
     else:
-        raise ValueError(f"unknown recogniser {recognizer!r}: expected 'known' or 'pocketsphinx'")
+        raise ValueError(
+            f"unknown recogniser {recognizer!r}: expected one of {', '.join(RECOGNIZERS)}"
+        )
     return AgentStack(
         llm=ScriptedLLM([BENCH_FOLLOW_UP]),
         tts=delayed,
@@ -495,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="set_dir", required=True, help="the scenario set")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--recognizer", choices=["known", "pocketsphinx"], default="known")
+    parser.add_argument("--recognizer", choices=RECOGNIZERS, default="known")
     parser.add_argument(
         "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
     )

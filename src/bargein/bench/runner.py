@@ -77,10 +77,14 @@ def default_stack(
     transcripts: bool = False,
     spotter: SpotterName = DEFAULT_SPOTTER,
     reader: WhisperPhraseReader | None = None,
+    recognizer: StreamingRecognizer | None = None,
 ) -> Stack:
     """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, Whisper as
     tier 2's second opinion, and with ``transcripts`` Whisper for the user's turns too
     (one model for both).
+
+    ``recognizer`` replaces the in-process pocketsphinx (on the real clock, a stream on
+    worker processes, as the server runs it).
 
     ``reader`` is another stack's Whisper reader: the two stacks' sessions then take
     turns on one model, as the server's sessions do.
@@ -109,7 +113,8 @@ def default_stack(
             reader = WhisperPhraseReader(shared=shared)
         second = reader.stream()
     tts = CachedTTS(PiperTTS.repeatable())
-    return Stack(SileroVAD(), PocketSphinxRecognizer(), tts, transcriber, second)
+    recognizer = recognizer or PocketSphinxRecognizer()
+    return Stack(SileroVAD(), recognizer, tts, transcriber, second)
 
 
 @dataclass

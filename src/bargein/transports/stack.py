@@ -7,6 +7,7 @@ state (Silero's RNN state, pocketsphinx's utterance), so every session gets fres
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -34,6 +35,24 @@ def _pocketsphinx() -> StreamingRecognizer:
     from bargein.providers.pocketsphinx import PocketSphinxRecognizer
 
     return PocketSphinxRecognizer()
+
+
+RECOGNIZER_PROCESSES = min(4, os.cpu_count() or 1)
+"""Worker processes for the streaming recogniser of a server's sessions: one per core,
+up to four. PocketSphinx decodes at about a third of real time, so each keeps up with
+two or three users talking at once."""
+
+
+def offloaded_recognizer(
+    processes: int = RECOGNIZER_PROCESSES,
+) -> Callable[[], StreamingRecognizer]:
+    """PocketSphinx in worker processes, as a ``recognizer_factory``: each session gets a
+    stream on one of them (:mod:`bargein.providers.offloaded` says why). The workers
+    start now, which takes a second or so; call it where the models load."""
+    from bargein.providers.offloaded import RecognizerProcesses
+    from bargein.providers.pocketsphinx import PocketSphinxRecognizer
+
+    return RecognizerProcesses(PocketSphinxRecognizer, processes).start().stream
 
 
 SpotterName = Literal["whisper", "phrases", "off"]
