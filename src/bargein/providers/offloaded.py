@@ -282,6 +282,13 @@ class _Worker:
             [sys.executable, "-c", _CHILD, str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
+            # A session of its own is, where the kernel groups tasks by session
+            # (autogroup, on by default in most distributions), a CPU share of its own:
+            # the few threads that decode the words are not one among the many of the
+            # server's models. On two busy cores that halved the wait for final words
+            # (p90 1.0 s -> 0.4 s; BENCHMARKS.md). It also keeps a terminal's Ctrl-C to
+            # the server, which ends the workers by closing their socket.
+            start_new_session=True,
         )
         theirs.close()
         conn = Connection(ours.detach())
