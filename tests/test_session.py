@@ -918,20 +918,55 @@ def test_final_words_decoded_elsewhere_reach_tier_2_and_the_turn_off_the_loop(
     assert users[-1] == "what about tuesday"
 
 
-def test_tier_2_decides_without_late_final_words_and_the_turn_still_gets_them(
+def test_tier_2_waits_for_final_words_decoded_elsewhere_as_for_a_reading(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Final words 0.4 s late, past the rule's 0.3 s wait: it commits on the partial
-    "look"; the words, when they come, are the start of the user's turn."""
+    """Final words 0.4 s late, past the rule's 0.3 s wait for final words: they are on
+    their way, so it waits for them as for a reading (up to 0.8 s) and decides on them."""
     finals = timed_work(monkeypatch)
     session = elsewhere_session(ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], 0.4))
     assert not session.errors
     record = session.timeline[0]
-    assert (record.decision, record.reason) == ("commit", "words:look")
+    assert (record.decision, record.reason) == ("commit", "words:look i")
     assert record.decided_at is not None
-    assert finals[0].words == ("look", "i") and finals[0].at > record.decided_at
+    assert record.decided_at == pytest.approx(finals[0].at, abs=1e-3)
     users = [m.content for m in session.conversation.messages if m.role == "user"]
     assert users[0] == "look i"
+
+
+def test_tier_2_decides_without_final_words_that_come_too_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Final words 1.2 s late, past the 0.8 s the rule waits for a reading: it commits on
+    the partial "look", and the turn starts with those words too (it waits 0.5 s for
+    final words); the late ones are not added to a turn already answered."""
+    finals = timed_work(monkeypatch)
+    session = elsewhere_session(ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], 1.2))
+    assert not session.errors
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "words:look")
+    assert record.decided_at is not None and finals[0].at > record.decided_at
+    assert finals[0].words == ("look", "i")
+    users = [m.content for m in session.conversation.messages if m.role == "user"]
+    assert users[0] == "look"
+
+
+def test_words_decoded_elsewhere_reach_tier_2_before_a_late_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recogniser's final words come back in 0.2 s, the second reading not before
+    1.5 s: tier 2 gives up on the reading at its limit and decides on the recogniser's
+    final words, not on its stale partial "look"."""
+    finals = timed_work(monkeypatch)
+    spotter = DroppableSpotter([([], ("okay",))])
+    recognizer = ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], delay_s=0.2)
+    session = elsewhere_session(recognizer, spotter=spotter)
+    assert not session.errors
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "words:look i")
+    assert record.decided_at is not None and record.decided_at < 1.4 + 1.5
+    assert spotter.calls[:2] == ["finish_later", "drop_later"]
+    assert finals[0].words == ("look", "i") and finals[0].second_opinion is None
 
 
 def test_a_final_reading_waits_for_final_words_decoded_elsewhere_too(

@@ -517,8 +517,9 @@ class Session:
             pending = self._pending_final = _PendingFinal(
                 words, own=own_later is not None, reading=second_later is not None, heard=second
             )
+            # Tier 2 waits for the words on their way as for a reading, up to its limit.
+            self._handle(ReadingStarted(at, self.policy.utterance))
             if second_later is not None:
-                self._handle(ReadingStarted(at, self.policy.utterance))
                 self._group.create_task(self._second_reading(pending, second_later))
             if own_later is not None:
                 self._group.create_task(self._own_final(pending, own_later))
@@ -551,6 +552,11 @@ class Session:
             self._recogniser_failed(exc)  # the last partial words stand
         else:
             pending.words = replace(pending.words, words=words)
+            if self._pending_final is pending and pending.reading:
+                # Final words wait for the reading; meanwhile tier 2 has the recogniser's
+                # latest, should it decide without the reading.
+                self._partial_words = words
+                self._handle(Words(self.now(), words))
         pending.own = False
         self._deliver_final(pending)
 
