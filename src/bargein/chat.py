@@ -569,17 +569,19 @@ async def chat_voice(
     """
     from bargein.audio_device import Microphone, SoundDeviceSink
     from bargein.providers.piper import PiperTTS
-    from bargein.providers.pocketsphinx import PocketSphinxRecognizer
     from bargein.providers.silero import SileroVAD
     from bargein.providers.whisper import WhisperTranscriber
     from bargein.session import Session, SessionConfig
+    from bargein.transports.stack import offloaded_recognizer
 
     loop = asyncio.get_running_loop()
     tts = PiperTTS()
     sink = SoundDeviceSink(tts.sample_rate, loop=loop)
     session = Session(
         vad=SileroVAD(),
-        recognizer=PocketSphinxRecognizer(),
+        # In a process of its own: decoding holds the interpreter lock, which the sound
+        # card's callbacks need in time (bargein.providers.offloaded).
+        recognizer=offloaded_recognizer(1)(),
         llm=llm,
         tts=tts,
         sink=sink,

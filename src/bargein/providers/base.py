@@ -49,13 +49,14 @@ class StreamingRecognizer(Protocol):
     ``feed`` returns the current partial hypothesis (lower-case words, may change on
     every call); ``finish`` closes the utterance and returns the final words.
 
-    A recogniser whose final reading is slow (a Whisper pass) may also offer
+    A recogniser whose final reading is slow (a Whisper pass) or made elsewhere (a
+    decoder in a worker process: :mod:`bargein.providers.offloaded`) may also offer
     ``finish_later() -> Callable[[], Sequence[str]]``: it closes the utterance at once and
-    returns the reading as work that the session runs in a worker thread; and
-    ``peek_later()`` of the same shape, a reading of the utterance so far that leaves it
-    open, which the session asks for now and then while a second opinion's overlap lasts;
-    and ``drop_later()``, which stops the last final reading if it is still to come (tier 2
-    decided without it).
+    returns the reading as work that the session runs in a worker thread. A second
+    opinion may also offer ``peek_later()`` of the same shape, a reading of the utterance
+    so far that leaves it open, which the session asks for now and then while the
+    overlap lasts; and ``drop_later()``, which stops the last final reading if it is
+    still to come (tier 2 decided without it).
     A reading returned as :class:`ChosenWords` was the reader's choice among its phrases,
     not what it heard outright; a final reading returned as :class:`TooClose` heard one of
     its phrases but could not tell which.
