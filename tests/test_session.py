@@ -823,31 +823,17 @@ def test_a_final_reading_tier_2_decided_without_is_dropped_and_the_words_go_on(
     assert all(at < 1.4 + 1.5 or at > 5.0 for at, _ in finals)  # none as the reading ends
 
 
-class ElsewhereRecognizer(ScriptedRecognizer):
+class ElsewhereRecognizer(DeferredSpotter):
     """An open recogniser that decodes in another process, as the server runs
     PocketSphinx: its final words come as deferred work (``finish_later``) that takes
     ``delay_s`` of clock time (see :func:`timed_work`)."""
 
     def __init__(self, utterances: list[Utterance], delay_s: float, fail: bool = False) -> None:
-        super().__init__(utterances)
+        super().__init__(utterances, fail)
         self.delay_s = delay_s
-        self.fail = fail
-        self.calls: list[str] = []
-
-    def finish(self) -> Sequence[str]:
-        self.calls.append("finish")
-        return super().finish()
 
     def finish_later(self) -> Callable[[], Sequence[str]]:
-        self.calls.append("finish_later")
-        words = super().finish()
-
-        def work() -> Sequence[str]:
-            self.calls.append("work")
-            if self.fail:
-                raise RuntimeError("decoder gone")
-            return words
-
+        work = super().finish_later()
         work.delay_s = self.delay_s  # type: ignore[attr-defined]
         return work
 
@@ -1011,7 +997,7 @@ def test_final_words_that_fail_elsewhere_leave_the_partial_words(
     finals = timed_work(monkeypatch)
     recognizer = ElsewhereRecognizer([LOOK_I, WHAT_ABOUT_TUESDAY], 0.1, fail=True)
     session = elsewhere_session(recognizer)
-    assert session.errors == ["recogniser: RuntimeError: decoder gone"]
+    assert session.errors == ["recogniser: RuntimeError: reader gone"]
     record = session.timeline[0]
     assert (record.decision, record.reason) == ("commit", "words:look")
     assert finals[0].words == ("look",)
