@@ -150,24 +150,27 @@ class OffloadedRecognizer:
 
     def start(self) -> None:
         """Begin a new utterance, discarding one that is still open."""
-        self._check()
+        self._check_alive()
         self._utterance += 1
         self._open, self._words = True, ()
         self._send("start")
+        self._report()
 
     def feed(self, audio: FloatAudio) -> Sequence[str]:
         """Send more audio; return the newest words back from the worker."""
-        self._check()
+        self._check_alive()
         if not self._open:
             raise RuntimeError("OffloadedRecognizer.feed() called before start()")
         samples = np.asarray(audio, dtype=np.float32).reshape(-1)
         if samples.size:
             self._send("feed", samples.tobytes())
+        self._report()
         return self._words
 
     def finish_later(self) -> Callable[[], Sequence[str]]:
-        """Close the utterance now; the returned work waits for its final words."""
-        self._check()
+        """Close the utterance now; the returned work waits for its final words.
+        (A failure in the worker since the last call is told at the next one.)"""
+        self._check_alive()
         if not self._open:
             raise RuntimeError("OffloadedRecognizer.finish() called before start()")
         self._open = False
@@ -194,9 +197,10 @@ class OffloadedRecognizer:
 
     def reset(self) -> None:
         """Forget what earlier utterances taught the recogniser, as for a new caller."""
-        self._check()
+        self._check_alive()
         self._open, self._words = False, ()
         self._send("reset")
+        self._report()
 
     def close(self) -> None:
         """Free the stream's recogniser in its worker."""
@@ -219,10 +223,12 @@ class OffloadedRecognizer:
             if final is not None:
                 _settle(final, message[3])
         elif kind == "error":
+            if message[4] == "finish":  # the final words themselves failed
+                final = self._finals.pop(utterance, None)
+                if final is not None:
+                    _settle(final, ProviderError(f"in the recogniser process: {message[3]}"))
+                    return
             self._error = message[3]
-            final = self._finals.pop(utterance, None)
-            if final is not None:
-                _settle(final, ProviderError(f"in the recogniser process: {message[3]}"))
 
     def _lost(self, why: str) -> None:
         finals, self._finals = self._finals, {}
@@ -231,11 +237,15 @@ class OffloadedRecognizer:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _check(self) -> None:
-        """Raise what went wrong since the last call (for good if the worker is gone)."""
+    def _check_alive(self) -> None:
+        """Raise, on every call, if the worker can serve no more."""
         failure = self._worker.failure
         if failure is not None:
             raise ProviderError(failure)
+
+    def _report(self) -> None:
+        """Raise, once, a failure in the worker since the last call. Called after the
+        call's own message is sent, so one bad frame does not cost the next step too."""
         error, self._error = self._error, None
         if error is not None:
             raise ProviderError(f"in the recogniser process: {error}")
@@ -436,4 +446,4 @@ def serve(fd: int) -> None:
         except (EOFError, OSError):
             return
         except Exception as exc:
-            conn.send(("error", stream_id, utterance, f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", stream_id, utterance, f"{type(exc).__name__}: {exc}", kind))
