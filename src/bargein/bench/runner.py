@@ -34,7 +34,7 @@ from bargein.bench.microphone import (
 from bargein.bench.progress import Progress
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.bench.trace import ScenarioTrace, trace_from_speaker
-from bargein.clock import ClockKind, run, sleep_until
+from bargein.clock import ClockKind, run, run_blocking, sleep_until
 from bargein.decider import Decider
 from bargein.echo import EchoMode
 from bargein.policy import PolicyConfig, RestartPolicy, Tier1
@@ -202,7 +202,9 @@ async def run_scenario(
                 break
         stop.set()
         await speaker_task
-    result = _measure(scenario, session, speaker, mic, origin)
+    # Off the loop on the real clock: measuring the loudspeaker's whole recording takes
+    # a tenth of a second or more of CPU, which scenarios played alongside would wait for.
+    result = await run_blocking(_measure, scenario, session, speaker, mic, origin)
     if on_trace is not None and fed is not None:
         audio = np.concatenate(fed) if fed else np.zeros(0, dtype=np.float32)
         on_trace(
