@@ -23,7 +23,8 @@ from bargein.providers.piper import PiperTTS
 from bargein.providers.pocketsphinx import PocketSphinxRecognizer
 
 BOOM = 0.5
-"""A sample value that makes :class:`Tally` fail."""
+"""A sample value that makes :class:`Tally` fail, saying :data:`CANNOT`."""
+CANNOT = "RuntimeError: cannot decode this"
 
 
 class Tally:
@@ -140,12 +141,15 @@ def test_a_failure_in_the_worker_comes_back_once_and_the_stream_goes_on(
 ) -> None:
     stream = tally.stream()
     stream.start()
-    stream.feed(np.full(160, BOOM, np.float32))
+    # Told after the call's own step: by this very call if the worker was that quick.
+    error = _raised(lambda: stream.feed(np.full(160, BOOM, np.float32)))
     deadline = time.monotonic() + 20.0
-    while (error := _raised(lambda: stream.feed(np.zeros(0, np.float32)))) is None:
+    while (
+        error is None and (error := _raised(lambda: stream.feed(np.zeros(0, np.float32)))) is None
+    ):
         assert time.monotonic() < deadline, "the worker's error never came back"
         time.sleep(0.005)
-    assert error == "in the recogniser process: RuntimeError: cannot decode this"
+    assert error == "in the recogniser process: " + CANNOT
     stream.feed(np.full(160, 0.25, np.float32))  # the next call works again
     assert stream.finish() == ("final", "1", "160", "40.0")
 
@@ -155,10 +159,12 @@ def test_a_failure_told_at_a_start_still_starts_the_utterance(
 ) -> None:
     stream = tally.stream()
     stream.start()
-    stream.feed(np.full(160, BOOM, np.float32))
+    told_at_feed = _raised(lambda: stream.feed(np.full(160, BOOM, np.float32)))
     assert stream.finish()[:3] == ("final", "1", "0")  # the bad frame was not heard
-    with pytest.raises(ProviderError, match="cannot decode this"):
-        stream.start()  # told now, once; the utterance began all the same
+    told_at_start = _raised(stream.start)  # the utterance begins all the same
+    # Told once: by the feed if the worker answered that quickly, else at the start.
+    assert [told_at_feed, told_at_start].count(None) == 1
+    assert (told_at_feed or told_at_start) == "in the recogniser process: " + CANNOT
     stream.feed(np.full(160, 0.25, np.float32))
     assert stream.finish() == ("final", "2", "160", "40.0")
 
