@@ -154,6 +154,8 @@ class Tick:
 class ReadingStarted:
     """A second recogniser began reading the overlap (the sound so far, or all of it at
     its end); its answer comes later as :class:`Reading` or with the final :class:`Words`.
+    Also sent at a sound's end when only the final :class:`Words` are still to come, from
+    a recogniser that decodes in another process.
 
     Tier 2 may wait a little for a reading under way rather than decide without it.
     """
