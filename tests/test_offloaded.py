@@ -7,16 +7,20 @@ asserts is the value that arrives, never how soon.
 
 from __future__ import annotations
 
+import functools
 import gc
+import hashlib
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from bargein.providers import offloaded
 from bargein.providers.base import FloatAudio, ProviderError
 from bargein.providers.offloaded import OffloadedRecognizer, RecognizerProcesses
 from bargein.providers.piper import PiperTTS
@@ -27,32 +31,56 @@ BOOM = 0.5
 CANNOT = "RuntimeError: cannot decode this"
 
 
+def digest(*audio: FloatAudio) -> str:
+    """What :class:`Tally` says of an utterance of ``audio``."""
+    return hashlib.sha256(b"".join(a.astype(np.float32).tobytes() for a in audio)).hexdigest()
+
+
+EMPTY = digest()
+
+
 class Tally:
-    """Says how much audio it has heard in the utterance, to the exact float32 sum."""
+    """Says how much audio it has heard in the utterance, with a digest of its bytes
+    (which does not depend on how the audio was cut into calls)."""
 
     sample_rate = 16000
 
     def __init__(self) -> None:
         self.samples = 0
-        self.total = np.float32(0.0)
+        self.digest = hashlib.sha256()
         self.utterances = 0
 
     def start(self) -> None:
         self.utterances += 1
-        self.samples, self.total = 0, np.float32(0.0)
+        self.samples, self.digest = 0, hashlib.sha256()
 
     def feed(self, audio: FloatAudio) -> Sequence[str]:
         if audio.size and audio[0] == BOOM:
             raise RuntimeError("cannot decode this")
         self.samples += audio.size
-        self.total = np.float32(self.total + audio.sum(dtype=np.float32))
+        self.digest.update(audio.astype(np.float32).tobytes())
         return ("heard", str(self.samples))
 
     def finish(self) -> Sequence[str]:
-        return ("final", str(self.utterances), str(self.samples), repr(float(self.total)))
+        return ("final", str(self.utterances), str(self.samples), self.digest.hexdigest())
 
     def reset(self) -> None:
         self.utterances = 0
+
+
+class Gated(Tally):
+    """A :class:`Tally` whose first frame waits until the file ``gate`` exists: a worker
+    stuck in a long decode while its audio piles up."""
+
+    def __init__(self, gate: str) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def feed(self, audio: FloatAudio) -> Sequence[str]:
+        deadline = time.monotonic() + 60.0
+        while not os.path.exists(self.gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return super().feed(audio)
 
 
 def unloadable() -> Tally:
@@ -93,13 +121,10 @@ def test_a_stream_hears_exactly_the_audio_and_answers_per_utterance(
             "heard",
             "3200",
         )
-        total = np.float32(0.0)
-        for frame in audio:
-            total = np.float32(total + frame.sum(dtype=np.float32))
-        assert stream.finish() == ("final", str(utterance), "3200", repr(float(total)))
+        assert stream.finish() == ("final", str(utterance), "3200", digest(*audio))
     stream.reset()
     stream.start()
-    assert stream.finish_later()() == ("final", "1", "0", "0.0")
+    assert stream.finish_later()() == ("final", "1", "0", EMPTY)
 
 
 def test_streams_keep_their_own_state_and_spread_over_the_workers(
@@ -114,10 +139,11 @@ def test_streams_keep_their_own_state_and_spread_over_the_workers(
     for frame in frames(1, 3):
         one.feed(frame)
     three.start()  # a second utterance on a stream that shares a worker with one of them
-    three.feed(np.full(320, 0.25, np.float32))
+    quarter = np.full(320, 0.25, np.float32)
+    three.feed(quarter)
     assert one.finish()[:3] == ("final", "1", "480")
     assert two.finish()[:3] == ("final", "1", "0")
-    assert three.finish() == ("final", "2", "320", "80.0")
+    assert three.finish() == ("final", "2", "320", digest(quarter))
 
 
 def test_words_from_an_earlier_utterance_never_show_in_the_next(
@@ -150,8 +176,9 @@ def test_a_failure_in_the_worker_comes_back_once_and_the_stream_goes_on(
         assert time.monotonic() < deadline, "the worker's error never came back"
         time.sleep(0.005)
     assert error == "in the recogniser process: " + CANNOT
-    stream.feed(np.full(160, 0.25, np.float32))  # the next call works again
-    assert stream.finish() == ("final", "1", "160", "40.0")
+    quarter = np.full(160, 0.25, np.float32)
+    stream.feed(quarter)  # the next call works again
+    assert stream.finish() == ("final", "1", "160", digest(quarter))
 
 
 def test_a_failure_told_at_a_start_still_starts_the_utterance(
@@ -165,8 +192,9 @@ def test_a_failure_told_at_a_start_still_starts_the_utterance(
     # Told once: by the feed if the worker answered that quickly, else at the start.
     assert [told_at_feed, told_at_start].count(None) == 1
     assert (told_at_feed or told_at_start) == "in the recogniser process: " + CANNOT
-    stream.feed(np.full(160, 0.25, np.float32))
-    assert stream.finish() == ("final", "2", "160", "40.0")
+    quarter = np.full(160, 0.25, np.float32)
+    stream.feed(quarter)
+    assert stream.finish() == ("final", "2", "160", digest(quarter))
 
 
 def _raised(call: Callable[[], object]) -> str | None:
@@ -199,7 +227,7 @@ def test_a_dead_worker_fails_its_streams_for_good_and_new_streams_go_elsewhere(
     fresh = tally.stream()
     assert stream.pid not in tally.pids and fresh.pid in tally.pids
     fresh.start()
-    assert fresh.finish() == ("final", "1", "0", "0.0")
+    assert fresh.finish() == ("final", "1", "0", EMPTY)
 
 
 def test_a_stream_nobody_holds_is_closed_in_its_worker(tally: RecognizerProcesses) -> None:
@@ -220,6 +248,61 @@ def test_closed_processes_refuse_new_streams_and_fail_old_ones() -> None:
     with pytest.raises(ProviderError, match="closed"):
         pool.stream()
     assert pool.pids == []
+
+
+def test_a_stuck_worker_never_holds_the_caller_and_hears_everything_once_free(
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "open"
+    with RecognizerProcesses(functools.partial(Gated, str(gate))) as pool:
+        stream = pool.stream()
+        stream.start()
+        # 20 s of audio, 1.3 MB: far more than the socket holds while the worker waits.
+        audio = frames(5, 2000)
+        began = time.monotonic()
+        for frame in audio:
+            assert stream.feed(frame) == ()
+        # Blocking on the socket would last until the gate opens, a minute from now.
+        assert time.monotonic() - began < 20.0
+        gate.touch()
+        assert stream.finish() == ("final", "1", str(160 * 2000), digest(*audio))
+
+
+def test_a_worker_too_far_behind_is_given_up_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(offloaded, "MAX_BEHIND_S", 2.0)
+    with RecognizerProcesses(functools.partial(Gated, str(tmp_path / "never"))) as pool:
+        stream = pool.stream()
+        stream.start()
+        # The socket takes a few seconds of audio; then the queue grows past 2 s.
+        told = next(
+            filter(None, (_raised(functools.partial(stream.feed, f)) for f in frames(6, 3000)))
+        )
+        assert told == "the recogniser process fell behind by more than 2 s of audio"
+        with pytest.raises(ProviderError, match="fell behind"):
+            stream.start()  # for good
+        assert stream.pid not in pool.pids
+
+
+def test_queued_audio_is_joined_per_stream_and_never_across_its_other_steps() -> None:
+    batch = [
+        ("feed", 1, 1, b"a"),
+        ("feed", 2, 1, b"x"),
+        ("feed", 1, 1, b"b"),
+        ("finish", 1, 1),
+        ("feed", 2, 1, b"y"),
+        ("start", 1, 2),
+        ("feed", 1, 2, b"c"),
+        ("feed", 1, 2, b"d"),
+    ]
+    assert offloaded._merged(batch) == [
+        ("feed", 1, 1, b"ab"),
+        ("feed", 2, 1, b"xy"),
+        ("finish", 1, 1),
+        ("start", 1, 2),
+        ("feed", 1, 2, b"cd"),
+    ]
 
 
 def test_pocketsphinx_in_a_worker_decodes_exactly_as_in_process() -> None:

@@ -21,7 +21,11 @@ How it works:
   ``finish`` waits itself.
 * Audio crosses as the float32 samples the session has, so a stream decodes exactly
   what the recogniser would decode in-process.
-* A thread per worker reads its replies; nothing else touches the pipe's reading end.
+* A thread per worker reads its replies, and another writes the streams' messages, so
+  a call never waits on the socket: a worker that has fallen behind (a busy machine)
+  would otherwise hold the loop once the socket's buffer, a second or two of audio, is
+  full. Audio queued for one stream is sent as one message, so a worker catches up.
+  A worker more than :data:`MAX_BEHIND_S` of audio behind is given up as failed.
 
 Failures: an error inside the worker comes back with the stream's next call as a
 :class:`ProviderError` (the session records it and goes on without words); a worker
@@ -36,7 +40,9 @@ recogniser class, or a :func:`functools.partial` of one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -59,6 +65,9 @@ START_TIMEOUT_S = 60.0
 """How long a worker may take to import its recogniser and build the first one."""
 FINAL_TIMEOUT_S = 5.0
 """How long the final words of an utterance may take before the wait gives up."""
+MAX_BEHIND_S = 30.0
+"""How much audio, summed over its streams, may wait to be sent to a worker before it
+counts as failed: words that late are of no use to a live call."""
 
 _Message = tuple[Any, ...]
 
@@ -123,9 +132,9 @@ class RecognizerProcesses:
         # All at once: each takes a second or so to import and load.
         launched = [_Worker.launch(self._factory) for _ in range(self._size - len(self._workers))]
         failure: ProviderError | None = None
-        for process, conn in launched:
+        for process, sock, conn in launched:
             try:
-                self._workers.append(_Worker.ready(process, conn))
+                self._workers.append(_Worker.ready(process, sock, conn))
             except ProviderError as exc:
                 failure = failure or exc
         if failure is not None:
@@ -268,9 +277,11 @@ def _settle(future: Future[tuple[str, ...]], outcome: tuple[str, ...] | Exceptio
 
 @dataclass(eq=False)
 class _Worker:
-    """One worker process, its pipe, and the thread that reads what it sends back."""
+    """One worker process, its socket, and the two threads that write to it and read
+    what it sends back."""
 
     process: subprocess.Popen[bytes]
+    sock: socket.socket
     conn: Connection
     sample_rate: int
     streams: weakref.WeakValueDictionary[int, OffloadedRecognizer] = field(
@@ -280,12 +291,16 @@ class _Worker:
     the stream's recogniser in the worker."""
     failure: str | None = None
     """Why the worker can serve no more (None while it can)."""
-    _sending: threading.Lock = field(default_factory=threading.Lock)
+    _outbox: list[_Message] = field(default_factory=list)
+    _queued: int = 0
+    """Bytes of audio in the outbox."""
+    _wake: threading.Condition = field(default_factory=threading.Condition)
+    _writer: threading.Thread | None = None
 
     @staticmethod
     def launch(
         factory: Callable[[], StreamingRecognizer],
-    ) -> tuple[subprocess.Popen[bytes], Connection]:
+    ) -> tuple[subprocess.Popen[bytes], socket.socket, Connection]:
         """Start a worker's process and hand it the factory; :meth:`ready` waits for it."""
         ours, theirs = socket.socketpair()
         process = subprocess.Popen(
@@ -301,16 +316,20 @@ class _Worker:
             start_new_session=True,
         )
         theirs.close()
-        conn = Connection(ours.detach())
+        # The connection has a descriptor of its own, so that shutting the socket down
+        # (which wakes both threads) and closing it are separate steps.
+        conn = Connection(os.dup(ours.fileno()))
         try:
             conn.send(list(sys.path))  # first: the factory's module may need it
             conn.send(factory)
         except OSError:
             pass  # it died already: ready() says how
-        return process, conn
+        return process, ours, conn
 
     @classmethod
-    def ready(cls, process: subprocess.Popen[bytes], conn: Connection) -> _Worker:
+    def ready(
+        cls, process: subprocess.Popen[bytes], sock: socket.socket, conn: Connection
+    ) -> _Worker:
         """The launched worker, once it has built its first recogniser."""
         try:
             if not conn.poll(START_TIMEOUT_S):
@@ -323,12 +342,18 @@ class _Worker:
         except BaseException:
             process.kill()
             conn.close()
+            sock.close()
             raise
         if kind != "ready":
             process.wait(5.0)
             conn.close()
+            sock.close()
             raise ProviderError(f"could not start the recogniser process: {detail}")
-        worker = cls(process, conn, int(detail))
+        worker = cls(process, sock, conn, int(detail))
+        worker._writer = threading.Thread(
+            target=worker._write, name="bargein-recognizer-sender", daemon=True
+        )
+        worker._writer.start()
         reader = threading.Thread(
             target=worker._read, name="bargein-recognizer-replies", daemon=True
         )
@@ -336,13 +361,19 @@ class _Worker:
         return worker
 
     def send(self, message: _Message) -> None:
-        if self.failure is not None:
-            return  # the streams say so at their next call
-        try:
-            with self._sending:
-                self.conn.send(message)
-        except (OSError, ValueError) as exc:  # a broken pipe, or closed here
-            self._fail(f"the recogniser process is gone ({type(exc).__name__}: {exc})")
+        """Queue ``message`` for the writer thread; never waits on the socket."""
+        with self._wake:
+            if self.failure is not None:
+                return  # the streams say so at their next call
+            self._outbox.append(message)
+            if message[0] == "feed":
+                self._queued += len(message[3])
+            self._wake.notify()
+            behind_s = self._queued / (4 * self.sample_rate)
+        if behind_s > MAX_BEHIND_S:
+            self._fail(
+                f"the recogniser process fell behind by more than {MAX_BEHIND_S:g} s of audio"
+            )
 
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
@@ -355,6 +386,21 @@ class _Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5.0)
+
+    def _write(self) -> None:
+        while True:
+            with self._wake:
+                while not self._outbox and self.failure is None:
+                    self._wake.wait()
+                if self.failure is not None:
+                    return
+                batch, self._outbox, self._queued = self._outbox, [], 0
+            try:
+                for message in _merged(batch):
+                    self.conn.send(message)
+            except (OSError, ValueError) as exc:  # a broken pipe, or shut down here
+                self._fail(f"the recogniser process is gone ({type(exc).__name__}: {exc})")
+                return
 
     def _read(self) -> None:
         try:
@@ -370,18 +416,45 @@ class _Worker:
         except subprocess.TimeoutExpired:
             code = None
         self._fail(f"the recogniser process exited (code {code})")
+        # The last user of the socket closes it, once the writer has let go.
+        if self._writer is not None:
+            self._writer.join()
+        self.conn.close()
+        self.sock.close()
 
     def _fail(self, why: str) -> None:
-        if self.failure is None:
+        with self._wake:
+            if self.failure is not None:
+                return
             self.failure = why
-            for stream in list(self.streams.values()):
-                stream._lost(why)
-            try:
-                with self._sending:
-                    self.conn.send(None)  # asks the worker to leave, if it is still there
-            except (OSError, ValueError):
-                pass
-            self.conn.close()
+            self._outbox, self._queued = [], 0
+            self._wake.notify()
+        for stream in list(self.streams.values()):
+            stream._lost(why)
+        # Wakes the writer (blocked on a full socket) and the reader here, and the
+        # worker reads the end of its input and leaves.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _merged(batch: list[_Message]) -> list[_Message]:
+    """``batch`` with each stream's consecutive audio joined into one message: a worker
+    that has fallen behind catches up with one decode step and one reply per stream."""
+    out: list[tuple[_Message, list[bytes]]] = []
+    runs: dict[int, list[bytes]] = {}
+    for message in batch:
+        kind, stream_id = message[0], message[1]
+        if kind == "feed":
+            run = runs.get(stream_id)
+            if run is not None:
+                run.append(message[3])
+                continue
+            runs[stream_id] = run = [message[3]]
+            out.append((message, run))
+        else:
+            runs.pop(stream_id, None)  # a start, finish or close ends the stream's run
+            out.append((message, []))
+    return [(*m[:3], b"".join(run)) if run else m for m, run in out]
 
 
 _CHILD = "import sys; from bargein.providers.offloaded import serve; serve(int(sys.argv[1]))"
