@@ -212,22 +212,42 @@ def test_a_recogniser_that_cannot_load_says_why_when_the_workers_start() -> None
         RecognizerProcesses(Tally, processes=0)
 
 
-def test_a_dead_worker_fails_its_streams_for_good_and_new_streams_go_elsewhere(
+def test_a_dead_worker_fails_its_utterance_and_its_streams_go_on_elsewhere(
     tally: RecognizerProcesses,
 ) -> None:
     stream = tally.stream()
     stream.start()
     stream.feed(frames(4, 1)[0])
-    os.kill(stream.pid, signal.SIGKILL)
+    dead = stream.pid
+    os.kill(dead, signal.SIGKILL)
     with pytest.raises(ProviderError, match=r"exited|gone"):
         stream.finish_later()()  # refused, or its words never come: either way, said
-    for _ in range(2):
-        with pytest.raises(ProviderError, match=r"exited|gone"):
-            stream.start()
+    # The next utterance starts afresh on the worker left, and is heard.
+    stream.start()
+    assert stream.pid != dead and stream.pid in tally.pids
+    quarter = np.full(160, 0.25, np.float32)
+    stream.feed(quarter)
+    assert stream.finish() == ("final", "1", "160", digest(quarter))
+    # Meanwhile a new worker has taken the dead one's place.
+    assert eventually(lambda: len(tally.pids), 2) == 2
+    assert dead not in tally.pids
     fresh = tally.stream()
-    assert stream.pid not in tally.pids and fresh.pid in tally.pids
     fresh.start()
     assert fresh.finish() == ("final", "1", "0", EMPTY)
+
+
+def test_with_no_worker_left_a_stream_fails_until_one_is_back() -> None:
+    with RecognizerProcesses(Tally, processes=1) as pool:
+        stream = pool.stream()
+        stream.start()
+        dead = stream.pid
+        os.kill(dead, signal.SIGKILL)
+        with pytest.raises(ProviderError, match=r"exited|gone"):
+            stream.finish_later()()
+        # Refused until the new worker is up; then it starts afresh there.
+        assert eventually(lambda: _raised(stream.start) is None, True)
+        assert stream.pid != dead and pool.pids == [stream.pid]
+        assert stream.finish() == ("final", "1", "0", EMPTY)
 
 
 def test_a_stream_nobody_holds_is_closed_in_its_worker(tally: RecognizerProcesses) -> None:

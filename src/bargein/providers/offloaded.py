@@ -28,10 +28,12 @@ How it works:
   A worker more than :data:`MAX_BEHIND_S` of audio behind is given up as failed.
 
 Failures: an error inside the worker comes back with the stream's next call as a
-:class:`ProviderError` (the session records it and goes on without words); a worker
-that dies fails its streams the same way, for good, and the next stream goes to a new
-worker. A stream dropped without :meth:`OffloadedRecognizer.close` is closed when it is
-garbage-collected, so a server's finished calls do not leave decoders behind.
+:class:`ProviderError` (the session records it and goes on without words). A worker that
+dies fails the utterances it was decoding the same way; a new worker takes its place in
+the background, and its streams move to a live worker at their next ``start`` (their
+recogniser starts afresh there, as for a new caller). A stream dropped without
+:meth:`OffloadedRecognizer.close` is closed when it is garbage-collected, so a server's
+finished calls do not leave decoders behind.
 
 The factory is sent to the workers by pickling (they are started with ``spawn``: model
 thread pools do not survive a fork), so it must be a module-level callable, such as a
@@ -47,6 +49,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -65,6 +68,8 @@ START_TIMEOUT_S = 60.0
 """How long a worker may take to import its recogniser and build the first one."""
 FINAL_TIMEOUT_S = 5.0
 """How long the final words of an utterance may take before the wait gives up."""
+RESTARTS_PER_MINUTE = 5
+"""How many failed workers are replaced in the background in any minute."""
 MAX_BEHIND_S = 30.0
 """How much audio, summed over its streams, may wait to be sent to a worker before it
 counts as failed: words that late are of no use to a live call."""
@@ -79,6 +84,10 @@ class RecognizerProcesses:
     :meth:`stream` gives a session its own stream, on the worker with the fewest.
     Use as a context manager, or call :meth:`close`; the workers also end with this
     process.
+
+    A worker that fails is replaced in the background (up to :data:`RESTARTS_PER_MINUTE`
+    times a minute for the lot, so a recogniser that crashes on start does not keep a
+    core busy), and its streams move to a live worker at their next utterance.
     """
 
     def __init__(self, factory: Callable[[], StreamingRecognizer], processes: int = 1) -> None:
@@ -90,6 +99,7 @@ class RecognizerProcesses:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._restarts: list[float] = []
 
     def start(self) -> RecognizerProcesses:
         """Start every worker now (each takes a second or so) rather than at the first
@@ -99,12 +109,14 @@ class RecognizerProcesses:
         return self
 
     def stream(self) -> OffloadedRecognizer:
-        """A new stream for one session, on the least busy live worker."""
+        """A new stream for one session, on the least busy live worker (started now,
+        which takes a second or so, if there is none)."""
         with self._lock:
-            self._fill()
-            worker = min(self._workers, key=lambda w: len(w.streams))
-            stream = OffloadedRecognizer(worker, next(self._ids))
-        return stream
+            worker = self._live_worker()
+            if worker is None:
+                self._fill()
+                worker = min(self._workers, key=lambda w: len(w.streams))
+            return OffloadedRecognizer(worker, next(self._ids), self)
 
     def close(self) -> None:
         """Stop the workers; their streams fail from now on."""
@@ -125,6 +137,18 @@ class RecognizerProcesses:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _live_worker(self) -> _Worker | None:
+        """The live worker with the fewest streams, if any (call with the lock held)."""
+        self._workers = [w for w in self._workers if w.failure is None]
+        if self._closed or not self._workers:
+            return None
+        return min(self._workers, key=lambda w: len(w.streams))
+
+    def _move(self) -> _Worker | None:
+        """A live worker for a stream whose own worker has failed."""
+        with self._lock:
+            return self._live_worker()
+
     def _fill(self) -> None:
         if self._closed:
             raise ProviderError("the recogniser processes are closed")
@@ -134,31 +158,78 @@ class RecognizerProcesses:
         failure: ProviderError | None = None
         for process, sock, conn in launched:
             try:
-                self._workers.append(_Worker.ready(process, sock, conn))
+                self._workers.append(self._adopt(_Worker.ready(process, sock, conn)))
             except ProviderError as exc:
                 failure = failure or exc
         if failure is not None:
             raise failure
 
+    def _adopt(self, worker: _Worker) -> _Worker:
+        worker.on_failure = self._replace
+        return worker
+
+    def _replace(self, failed: _Worker) -> None:
+        """Start a worker in place of ``failed``, off the caller's thread (it may be
+        the event loop's)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                return
+            self._restarts = [t for t in self._restarts if now - t < 60.0]
+            if len(self._restarts) >= RESTARTS_PER_MINUTE:
+                return  # the next stream() with no live worker tries, and says why
+            self._restarts.append(now)
+        threading.Thread(
+            target=self._restart, name="bargein-recognizer-restart", daemon=True
+        ).start()
+
+    def _restart(self) -> None:
+        try:
+            worker = self._adopt(_Worker.ready(*_Worker.launch(self._factory)))
+        except ProviderError:
+            return  # as above: the next stream() with no live worker says why
+        with self._lock:
+            self._workers = [w for w in self._workers if w.failure is None]
+            if not self._closed and len(self._workers) < self._size:
+                self._workers.append(worker)
+                return
+        worker.on_failure = None  # not wanted: no one to replace it
+        worker.stop()
+
 
 class OffloadedRecognizer:
     """One session's stream on a recogniser worker (see the module's notes)."""
 
-    def __init__(self, worker: _Worker, stream_id: int) -> None:
+    def __init__(
+        self, worker: _Worker, stream_id: int, processes: RecognizerProcesses | None = None
+    ) -> None:
         self.sample_rate = worker.sample_rate
-        self._worker = worker
+        self._processes = processes
         self._id = stream_id
         self._utterance = 0
         self._open = False
         self._words: tuple[str, ...] = ()
         self._finals: dict[int, Future[tuple[str, ...]]] = {}
         self._error: str | None = None
-        worker.streams[stream_id] = self
-        worker.send(("open", stream_id, 0))
-        self._closer = weakref.finalize(self, worker.forget, stream_id)
+        self._join(worker)
+
+    def _join(self, worker: _Worker) -> None:
+        self._worker = worker
+        worker.streams[self._id] = self
+        worker.send(("open", self._id, 0))
+        self._closer = weakref.finalize(self, worker.forget, self._id)
 
     def start(self) -> None:
-        """Begin a new utterance, discarding one that is still open."""
+        """Begin a new utterance, discarding one that is still open. A stream whose
+        worker has failed moves to a live one here, and starts afresh there (as for a
+        new caller)."""
+        if self._worker.failure is not None and self._processes is not None:
+            worker = self._processes._move()
+            if worker is not None:
+                self._closer.detach()
+                self._worker.streams.pop(self._id, None)
+                self._error = None
+                self._join(worker)
         self._check_alive()
         self._utterance += 1
         self._open, self._words = True, ()
@@ -291,6 +362,8 @@ class _Worker:
     the stream's recogniser in the worker."""
     failure: str | None = None
     """Why the worker can serve no more (None while it can)."""
+    on_failure: Callable[[_Worker], None] | None = None
+    """Told once, from whichever thread finds the failure."""
     _outbox: list[_Message] = field(default_factory=list)
     _queued: int = 0
     """Bytes of audio in the outbox."""
@@ -431,6 +504,8 @@ class _Worker:
             self._wake.notify()
         for stream in list(self.streams.values()):
             stream._lost(why)
+        if self.on_failure is not None:
+            self.on_failure(self)
         # Wakes the writer (blocked on a full socket) and the reader here, and the
         # worker reads the end of its input and leaves.
         with contextlib.suppress(OSError):
