@@ -233,6 +233,41 @@ def test_cli_decodes_in_worker_processes_on_the_real_clock_only(
     assert "must be zero or more" in capsys.readouterr().err
 
 
+def test_cli_runs_the_phrase_spotter_in_worker_processes_too(
+    scenario_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bargein.bench.runner as runner
+    import bargein.transports.stack as stacks
+
+    pools: list[tuple[str, int]] = []
+    handed: list[tuple[object, object]] = []
+
+    def offloaded(kind: str) -> Callable[[int], Callable[[], str]]:
+        def start(processes: int) -> Callable[[], str]:
+            pools.append((kind, processes))
+            return lambda: kind
+
+        return start
+
+    def fake_run_set(folder: Path, **kwargs: Any) -> dict[str, Any]:
+        kwargs["stack_factory"]()
+        return {"summary": {}, "scenarios": [], "errors": []}
+
+    def fake_stack(**kwargs: Any) -> Stack:
+        handed.append((kwargs["recognizer"], kwargs["phrase_spotter"]))
+        return Stack(LevelVAD(), ScriptedRecognizer([]), WordTTS())
+
+    monkeypatch.setattr(stacks, "offloaded_recognizer", offloaded("words"))
+    monkeypatch.setattr(stacks, "offloaded_phrase_spotter", offloaded("phrases"))
+    monkeypatch.setattr(runner, "run_set", fake_run_set)
+    monkeypatch.setattr(runner, "default_stack", fake_stack)
+    real = ["bench", str(scenario_dir), "--clock", "real", "--recognizer-processes", "2"]
+    assert cli_main([*real, "--spotter", "phrases"]) == 0
+    assert pools == [("words", 2), ("phrases", 2)] and handed == [("words", "phrases")]
+    assert cli_main([*real, "--spotter", "off"]) == 0
+    assert pools[2:] == [("words", 2)] and handed[1:] == [("words", None)]
+
+
 def test_cli_sets_the_rule_s_early_resumes_and_answer_window(
     scenario_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,8 +21,9 @@ import pytest
 from scipy.signal import resample_poly
 
 from bargein.providers import offloaded
-from bargein.providers.base import FloatAudio, ProviderError
+from bargein.providers.base import ChosenWords, FloatAudio, ProviderError, TooClose
 from bargein.providers.offloaded import OffloadedRecognizer, RecognizerProcesses
+from bargein.providers.phrases import PocketSphinxPhraseSpotter
 from bargein.providers.piper import PiperTTS
 from bargein.providers.pocketsphinx import PocketSphinxRecognizer
 
@@ -323,6 +324,42 @@ def test_queued_audio_is_joined_per_stream_and_never_across_its_other_steps() ->
         ("start", 1, 2),
         ("feed", 1, 2, b"cd"),
     ]
+
+
+class Chooser(Tally):
+    """Says its final words as a closed-set reader does when it had to choose."""
+
+    def finish(self) -> Sequence[str]:
+        return ChosenWords(("okay",)) if self.samples else TooClose()
+
+
+def test_a_reader_s_kind_of_words_comes_back_as_it_was() -> None:
+    with RecognizerProcesses(Chooser) as pool:
+        stream = pool.stream()
+        stream.start()
+        stream.feed(frames(9, 1)[0])
+        chosen = stream.finish()
+        stream.start()
+        tie = stream.finish()
+    assert isinstance(chosen, ChosenWords) and chosen == ("okay",)
+    assert isinstance(tie, TooClose) and tie == ()
+
+
+def test_the_phrase_spotter_in_a_worker_reads_as_in_process() -> None:
+    tts = PiperTTS(noise_scale=0.0, noise_w_scale=0.0)
+    here = PocketSphinxPhraseSpotter()
+    with RecognizerProcesses(PocketSphinxPhraseSpotter) as pool:
+        there = pool.stream()
+        for text in ("Stop.", "Uh-huh."):
+            audio = np.concatenate([c.audio for c in tts.synthesize(text)])
+            speech = (resample_poly(audio, 320, 441) * 0.3).astype(np.float32)
+            here.start()
+            there.start()
+            for i in range(0, len(speech), 160):
+                here.feed(speech[i : i + 160])
+                there.feed(speech[i : i + 160])
+            heard = here.finish()
+            assert there.finish() == tuple(heard) and len(heard) > 0
 
 
 def test_pocketsphinx_in_a_worker_decodes_exactly_as_in_process() -> None:

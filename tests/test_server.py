@@ -286,6 +286,9 @@ def test_the_default_server_decodes_speech_in_worker_processes(
     assert one.pid == two.pid != os.getpid()  # one worker, a stream for each session
     one.start()
     assert one.finish() == ()
+    stack = bargein.server.default_stack(spotter="phrases", recognizer_processes=1)
+    spotter = stack.spotter_factory() if stack.spotter_factory else None
+    assert isinstance(spotter, OffloadedRecognizer) and spotter.pid != os.getpid()
 
 
 def test_serve_with_workers_hands_each_a_picklable_app_factory(

@@ -719,6 +719,7 @@ def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
 
     readers: list[WhisperPhraseReader] = []
     streams = _bench_recognizers(args)
+    spots = _bench_recognizers(args, phrases=True) if args.spotter == "phrases" else None
 
     def make() -> Stack:
         reader = readers[0] if readers else None
@@ -727,6 +728,7 @@ def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
             spotter=args.spotter,
             reader=reader,
             recognizer=streams() if streams is not None else None,
+            phrase_spotter=spots() if spots is not None else None,
         )
         shared = getattr(stack.second_opinion, "reader", None)
         if args.share_reader and shared is not None and not readers:
@@ -736,16 +738,25 @@ def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
     return make
 
 
-def _bench_recognizers(args: argparse.Namespace) -> Callable[[], StreamingRecognizer] | None:
-    """Streams on recogniser worker processes for the real clock's sessions, as the
-    server runs them; None: each stack decodes on the event loop (always on the virtual
-    clock, where time is not the CPU's and a run must repeat exactly)."""
-    from bargein.transports.stack import RECOGNIZER_PROCESSES, offloaded_recognizer
+def _bench_recognizers(
+    args: argparse.Namespace, *, phrases: bool = False
+) -> Callable[[], StreamingRecognizer] | None:
+    """Streams on recogniser (or, with ``phrases``, phrase spotter) worker processes for
+    the real clock's sessions, as the server runs them; None: each stack decodes on the
+    event loop (always on the virtual clock, where time is not the CPU's and a run must
+    repeat exactly)."""
+    from bargein.transports.stack import (
+        RECOGNIZER_PROCESSES,
+        offloaded_phrase_spotter,
+        offloaded_recognizer,
+    )
 
     processes = args.recognizer_processes
     if processes is None:
         processes = RECOGNIZER_PROCESSES if args.clock == "real" else 0
-    return offloaded_recognizer(processes) if processes > 0 and args.clock == "real" else None
+    if processes < 1 or args.clock != "real":
+        return None
+    return offloaded_phrase_spotter(processes) if phrases else offloaded_recognizer(processes)
 
 
 def _answer_window(text: str) -> float | str:

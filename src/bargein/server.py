@@ -91,8 +91,8 @@ def default_stack(
 
     The note asks a small base model for more than its usual two sentences (on Gemma 3
     270M it roughly doubles the length of a reply); an instruction-tuned model follows it.
-    The streaming recogniser runs in ``recognizer_processes`` worker processes (0: on the
-    server's own event loop).
+    The streaming recogniser, and the phrase spotter if it is the second reading, run in
+    ``recognizer_processes`` worker processes each (0: on the server's own event loop).
     """
     from bargein.chat import make_llm
     from bargein.providers.llamacpp import LlamaCppLLM
@@ -105,9 +105,13 @@ def default_stack(
     if recognizer_processes > 0:
         stack.recognizer_factory = offloaded_recognizer(recognizer_processes)
     if spotter == "phrases":
-        from bargein.transports.stack import phrase_spotter
+        from bargein.transports.stack import offloaded_phrase_spotter, phrase_spotter
 
-        stack.spotter_factory = phrase_spotter
+        stack.spotter_factory = (
+            offloaded_phrase_spotter(recognizer_processes)
+            if recognizer_processes > 0
+            else phrase_spotter
+        )
     elif spotter == "whisper":
         from bargein.transports.stack import whisper_reader
 

@@ -78,13 +78,15 @@ def default_stack(
     spotter: SpotterName = DEFAULT_SPOTTER,
     reader: WhisperPhraseReader | None = None,
     recognizer: StreamingRecognizer | None = None,
+    phrase_spotter: StreamingRecognizer | None = None,
 ) -> Stack:
     """The embedded default: Silero VAD, pocketsphinx, Piper with the joe voice, Whisper as
     tier 2's second opinion, and with ``transcripts`` Whisper for the user's turns too
     (one model for both).
 
     ``recognizer`` replaces the in-process pocketsphinx (on the real clock, a stream on
-    worker processes, as the server runs it).
+    worker processes, as the server runs it); ``phrase_spotter`` likewise replaces the
+    in-process phrase spotter of ``spotter="phrases"``.
 
     ``reader`` is another stack's Whisper reader: the two stacks' sessions then take
     turns on one model, as the server's sessions do.
@@ -104,7 +106,7 @@ def default_stack(
     if spotter == "phrases":
         from bargein.providers.phrases import PocketSphinxPhraseSpotter
 
-        second = PocketSphinxPhraseSpotter()
+        second = phrase_spotter or PocketSphinxPhraseSpotter()
     elif spotter == "whisper":
         from bargein.providers.whisper_phrases import WhisperPhraseReader
 

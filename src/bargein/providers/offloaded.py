@@ -583,15 +583,22 @@ def serve(fd: int) -> None:
                 sent[stream_id] = ()
             elif kind == "feed":
                 audio = np.frombuffer(message[3], dtype=np.float32)
-                words = tuple(recognizer.feed(audio))
+                words = _words(recognizer.feed(audio))
                 if words != sent.get(stream_id):
                     sent[stream_id] = words
                     conn.send(("words", stream_id, utterance, words))
             elif kind == "finish":
-                conn.send(("final", stream_id, utterance, tuple(recognizer.finish())))
+                conn.send(("final", stream_id, utterance, _words(recognizer.finish())))
             elif kind == "reset":
                 start_afresh(recognizer)
         except (EOFError, OSError):
             return
         except Exception as exc:
             conn.send(("error", stream_id, utterance, f"{type(exc).__name__}: {exc}", kind))
+
+
+def _words(words: Sequence[str]) -> tuple[str, ...]:
+    """``words`` as a tuple to send, keeping a tuple's own kind (a closed-set reader's
+    :class:`~bargein.providers.base.ChosenWords` or :class:`~bargein.providers.base.TooClose`
+    tells tier 2 how the words were heard)."""
+    return words if isinstance(words, tuple) else tuple(words)

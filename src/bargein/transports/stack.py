@@ -45,14 +45,26 @@ two or three users talking at once."""
 
 def offloaded_recognizer(
     processes: int = RECOGNIZER_PROCESSES,
+    factory: Callable[[], StreamingRecognizer] | None = None,
 ) -> Callable[[], StreamingRecognizer]:
-    """PocketSphinx in worker processes, as a ``recognizer_factory``: each session gets a
-    stream on one of them (:mod:`bargein.providers.offloaded` says why). The workers
-    start now, which takes a second or so; call it where the models load."""
+    """PocketSphinx (or what ``factory``, a module-level callable, builds) in worker
+    processes, as a ``recognizer_factory``: each session gets a stream on one of them
+    (:mod:`bargein.providers.offloaded` says why). The workers start now, which takes a
+    second or so; call it where the models load."""
     from bargein.providers.offloaded import RecognizerProcesses
     from bargein.providers.pocketsphinx import PocketSphinxRecognizer
 
-    return RecognizerProcesses(PocketSphinxRecognizer, processes).start().stream
+    return RecognizerProcesses(factory or PocketSphinxRecognizer, processes).start().stream
+
+
+def offloaded_phrase_spotter(
+    processes: int = RECOGNIZER_PROCESSES,
+) -> Callable[[], StreamingRecognizer]:
+    """The closed-set phrase spotter in worker processes, as a ``spotter_factory``: it is
+    PocketSphinx too, and holds the interpreter lock while it decodes."""
+    from bargein.providers.phrases import PocketSphinxPhraseSpotter
+
+    return offloaded_recognizer(processes, PocketSphinxPhraseSpotter)
 
 
 SpotterName = Literal["whisper", "phrases", "off"]
