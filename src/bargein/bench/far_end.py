@@ -369,7 +369,8 @@ class FarEndRun:
         controls = None
         if interrupted and onset is not None:
             controls = [at for at, kind in server.controls if at >= onset and kind in _TIER1]
-        ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
+        end = speaker.rendered  # the buffer holds minutes; the scenario, seconds
+        ours = np.where(speaker.reply_at[:end] == 1, speaker.recording[:end], np.float32(0))
         result: dict[str, Any] = {
             **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
             "heard_text": heard,

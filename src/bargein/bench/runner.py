@@ -303,7 +303,8 @@ def _measure(
     controls = None
     if interrupted and onset is not None:
         controls = [t for t, _ in speaker.controls if t >= onset - ONSET_SLACK_S]
-    ours = np.where(speaker.reply_at == 1, speaker.recording, np.float32(0))
+    end = speaker.rendered  # the buffer holds minutes; the scenario, seconds
+    ours = np.where(speaker.reply_at[:end] == 1, speaker.recording[:end], np.float32(0))
     return {
         **ear_fields(scenario, onset, stop, interrupted, speaker.paused_s.get(1, 0.0)),
         "ducked_ms": speaker.ducked_s.get(1, 0.0) * 1000 if not expect_interrupt else None,
