@@ -359,15 +359,11 @@ class RuleDecider:
       a tie (:attr:`Overlap.second_opinion_too_close`): the reader heard a phrase, not a
       sentence, and could not tell which;
     - when a decision falls due while a reading is under way
-      (:attr:`Overlap.reading_since`), the rule waits for it: up to ``reading_wait_s``
-      after the reading began while the sound goes on, ``first_reading_wait_s`` if no
-      reading of the sound has come back yet, and ``final_reading_wait_s`` once it has
-      ended. The agent is paused meanwhile, so waiting costs silence only if the sound
-      was a backchannel, and deciding without the reading would stop the agent for it.
-      The first reading gets longer: without it the rule knows only the duration, and
-      on two busy cores three sessions' first readings took up to half a second while
-      two-word backchannels ("I see, okay") outlasted the duration commit. The final
-      reading gets longer too: it decides a short sound that the
+      (:attr:`Overlap.reading_since`), the rule waits for it, up to ``reading_wait_s``
+      after the reading began while the sound goes on, and ``final_reading_wait_s``
+      once it has ended: the agent is paused meanwhile, so waiting costs silence only
+      if the sound was a backchannel, and deciding without the reading would stop the
+      agent for it. The final reading gets longer: it decides a short sound that the
       open recogniser's words alone would mostly get wrong, and it may queue behind a
       reading of the sound so far (on a 2-core AMD EPYC a reading takes 0.2-0.5 s).
       Not over an echo (:attr:`Overlap.over_echo`), though: there the rule without the
@@ -381,7 +377,6 @@ class RuleDecider:
     voiced_gap_s: float = 0.1
     final_wait_s: float = 0.3
     reading_wait_s: float = 0.4
-    first_reading_wait_s: float = 0.8
     final_reading_wait_s: float = 0.8
     early_resume_readings: int = 2
     early_resume_fresh_s: float = 0.25
@@ -472,11 +467,6 @@ class RuleDecider:
         return due if due is not None and now < due else None
 
     def _reading_wait(self, overlap: Overlap) -> float:
-        if overlap.speech_active and not overlap.early_readings and not overlap.over_echo:
-            # Nothing read yet: duration is all the rule would go on, and most sounds
-            # still going at the duration commit are two-word backchannels ("I see,
-            # okay") on a busy machine, whose first reading was late.
-            return self.first_reading_wait_s
         if overlap.speech_active or overlap.over_echo:
             # Over an echo, the rule without the reading resumes on one or two open words
             # (the canceller's residue) rather than commit, so a longer wait would only
