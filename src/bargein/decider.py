@@ -124,6 +124,7 @@ INTERRUPT_PHRASES: tuple[str, ...] = (
     "no",
     "nope",
     "hold on",
+    "hold it",
     "hang on",
     "sorry",
     "excuse me",
