@@ -168,9 +168,9 @@ class RecognizerProcesses:
         worker.on_failure = self._replace
         return worker
 
-    def _replace(self, failed: _Worker) -> None:
-        """Start a worker in place of ``failed``, off the caller's thread (it may be
-        the event loop's)."""
+    def _replace(self) -> None:
+        """Start a worker in place of one that failed, off the caller's thread (it may
+        be the event loop's)."""
         now = time.monotonic()
         with self._lock:
             if self._closed:
@@ -186,7 +186,7 @@ class RecognizerProcesses:
     def _restart(self) -> None:
         try:
             worker = self._adopt(_Worker.ready(*_Worker.launch(self._factory)))
-        except ProviderError:
+        except (ProviderError, OSError):
             return  # as above: the next stream() with no live worker says why
         with self._lock:
             self._workers = [w for w in self._workers if w.failure is None]
@@ -362,7 +362,7 @@ class _Worker:
     the stream's recogniser in the worker."""
     failure: str | None = None
     """Why the worker can serve no more (None while it can)."""
-    on_failure: Callable[[_Worker], None] | None = None
+    on_failure: Callable[[], None] | None = None
     """Told once, from whichever thread finds the failure."""
     _outbox: list[_Message] = field(default_factory=list)
     _queued: int = 0
@@ -505,7 +505,7 @@ class _Worker:
         for stream in list(self.streams.values()):
             stream._lost(why)
         if self.on_failure is not None:
-            self.on_failure(self)
+            self.on_failure()
         # Wakes the writer (blocked on a full socket) and the reader here, and the
         # worker reads the end of its input and leaves.
         with contextlib.suppress(OSError):
