@@ -200,9 +200,7 @@ class RecognizerProcesses:
 class OffloadedRecognizer:
     """One session's stream on a recogniser worker (see the module's notes)."""
 
-    def __init__(
-        self, worker: _Worker, stream_id: int, processes: RecognizerProcesses | None = None
-    ) -> None:
+    def __init__(self, worker: _Worker, stream_id: int, processes: RecognizerProcesses) -> None:
         self.sample_rate = worker.sample_rate
         self._processes = processes
         self._id = stream_id
@@ -223,7 +221,7 @@ class OffloadedRecognizer:
         """Begin a new utterance, discarding one that is still open. A stream whose
         worker has failed moves to a live one here, and starts afresh there (as for a
         new caller)."""
-        if self._worker.failure is not None and self._processes is not None:
+        if self._worker.failure is not None:
             worker = self._processes._move()
             if worker is not None:
                 self._closer.detach()
