@@ -38,6 +38,8 @@ def digest(*audio: FloatAudio) -> str:
 
 
 EMPTY = digest()
+QUARTER = np.full(160, 0.25, np.float32)
+"""One frame of audio that :class:`Tally` hears like any other."""
 
 
 class Tally:
@@ -177,9 +179,8 @@ def test_a_failure_in_the_worker_comes_back_once_and_the_stream_goes_on(
         assert time.monotonic() < deadline, "the worker's error never came back"
         time.sleep(0.005)
     assert error == "in the recogniser process: " + CANNOT
-    quarter = np.full(160, 0.25, np.float32)
-    stream.feed(quarter)  # the next call works again
-    assert stream.finish() == ("final", "1", "160", digest(quarter))
+    stream.feed(QUARTER)  # the next call works again
+    assert stream.finish() == ("final", "1", "160", digest(QUARTER))
 
 
 def test_a_failure_told_at_a_start_still_starts_the_utterance(
@@ -193,9 +194,8 @@ def test_a_failure_told_at_a_start_still_starts_the_utterance(
     # Told once: by the feed if the worker answered that quickly, else at the start.
     assert [told_at_feed, told_at_start].count(None) == 1
     assert (told_at_feed or told_at_start) == "in the recogniser process: " + CANNOT
-    quarter = np.full(160, 0.25, np.float32)
-    stream.feed(quarter)
-    assert stream.finish() == ("final", "2", "160", digest(quarter))
+    stream.feed(QUARTER)
+    assert stream.finish() == ("final", "2", "160", digest(QUARTER))
 
 
 def _raised(call: Callable[[], object]) -> str | None:
@@ -226,9 +226,8 @@ def test_a_dead_worker_fails_its_utterance_and_its_streams_go_on_elsewhere(
     # The next utterance starts afresh on the worker left, and is heard.
     stream.start()
     assert stream.pid != dead and stream.pid in tally.pids
-    quarter = np.full(160, 0.25, np.float32)
-    stream.feed(quarter)
-    assert stream.finish() == ("final", "1", "160", digest(quarter))
+    stream.feed(QUARTER)
+    assert stream.finish() == ("final", "1", "160", digest(QUARTER))
     # Meanwhile a new worker has taken the dead one's place.
     assert eventually(lambda: len(tally.pids), 2) == 2
     assert dead not in tally.pids
