@@ -18,6 +18,7 @@ from bargein.bench.metrics import (
     state_word_errors,
     summarize,
 )
+from bargein.bench.microphone import reply_stop_metrics
 from bargein.bench.progress import Progress
 from bargein.bench.runner import RunOptions, Stack, run_set
 from bargein.cli import main as cli_main
@@ -176,6 +177,52 @@ def test_metric_helpers() -> None:
     assert audible_after_ms(audio, 16000, [0.4]) == 0.0
     assert audible_after_ms(audio, 16000, None) is None
     assert audible_after_ms(audio, 16000, []) is None
+
+
+def test_a_reply_abandoned_before_the_user_spoke_was_cut_early() -> None:
+    """Stopped for good by its own echo or a noise before the user's sound: a stop latency
+    of zero that the summary must not pass off as a fast stop."""
+    reply = np.zeros(48000, dtype=np.float32)  # 3 s at 16 kHz
+    reply[:16000] = 0.5  # audible for the first second only
+    early = reply_stop_metrics(
+        reply, 16000, 2.0, expect_interrupt=True, interrupted=True, controls=[1.0]
+    )
+    assert (early.stop_latency_ms, early.missed, early.cut_early) == (0.0, False, True)
+    for controls in (
+        [],  # silent between two sentences when the user began; paused at the onset
+        [1.95],  # a pause a block or two before the ground-truth onset
+        [0.5, 2.0],  # a pause at 0.5 s that the agent resumed from
+    ):
+        audio = reply.copy()
+        if 0.5 in controls:
+            audio[8000:12000] = 0.0
+        stop = reply_stop_metrics(
+            audio, 16000, 2.0, expect_interrupt=True, interrupted=True, controls=controls
+        )
+        assert not stop.cut_early, controls
+    on_time = reply_stop_metrics(
+        reply, 16000, 0.9, expect_interrupt=True, interrupted=True, controls=[0.9]
+    )
+    assert on_time.cut_early is False and on_time.stop_latency_ms == pytest.approx(100.0)
+    kept = reply_stop_metrics(
+        reply, 16000, 2.0, expect_interrupt=True, interrupted=False, controls=[1.0]
+    )
+    assert not kept.cut_early  # not abandoned: a missed interruption, not an early one
+    row = {
+        "kind": "echo",
+        "expect": "interrupt",
+        "interrupted": True,
+        "missed": False,
+        "false_interruption": False,
+        "cut_early": True,
+        "stop_latency_ms": 0.0,
+        "paused_ms": None,
+        "state_word_errors": 0,
+        "llm_tokens_after_cancel": 0,
+    }
+    summary = summarize([row, {**row, "cut_early": False}])
+    assert summary["echo"]["cut_early"] == 1
+    assert "1/2" in format_table(summary).splitlines()[2]
 
 
 def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

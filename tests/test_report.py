@@ -187,16 +187,18 @@ def test_the_bench_report_has_a_plot_per_scenario_the_summary_and_the_problems(
         assert got[1] == str(row["count"])
         assert got[2] == f"{row['missed']}/{row['expect_interrupt']}"
         assert got[3] == f"{row['false_interruptions']}/{row['expect_continue']}"
-        assert got[4] == ms(row["stop_latency_ms"]["p50"])
-        assert got[6] == ms(row["stop_latency_ms"]["max"])
-        assert got[7] == str(row["bursts"])
-        assert got[10] == str(row["state_word_errors"])
+        assert got[4] == f"{row['cut_early']}/{row['expect_interrupt']}"
+        assert got[5] == ms(row["stop_latency_ms"]["p50"])
+        assert got[7] == ms(row["stop_latency_ms"]["max"])
+        assert got[8] == str(row["bursts"])
+        assert got[11] == str(row["state_word_errors"])
     assert results["summary"]["short_command"]["missed"] == 1
 
     # The scenario the metrics call missed is listed first, as a problem; the rest are not.
     by_name = {s["name"]: s for s in scenarios}
     assert by_name["mumble"]["missed"] and problems_of(by_name["mumble"]) == ["missed"]
     assert not problems_of(by_name["barge"]) and not problems_of(by_name["quiet"])
+    assert problems_of({**by_name["barge"], "cut_early": True}) == ["cut off before the user spoke"]
     problems = section(page, "problems")
     assert "Problems (1)" in problems
     assert 'id="r0-mumble"' in problems and "missed" in problems
@@ -264,8 +266,8 @@ def test_combined_results_are_compared_side_by_side(bench_run: Path, tmp_path: P
     row = re.search(r'<tr data-kind="silence">(.*?)</tr>', by_kind)
     assert row is not None
     texts = cells(row.group(1))
-    assert texts[0] == "silence" and len(texts) == 1 + 2 * 7
-    assert texts[1] == "1" and texts[8] == "-"  # the peer has no silence row
+    assert texts[0] == "silence" and len(texts) == 1 + 2 * 8
+    assert texts[1] == "1" and texts[9] == "-"  # the peer has no silence row
     by_scenario = comparison.split("</table>")[1]
     row = re.search(r"<tr><th>barge</th>(.*?)</tr>", by_scenario)
     assert row is not None

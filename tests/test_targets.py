@@ -51,6 +51,7 @@ def test_interruptions_stop_fast_and_none_is_missed(results: dict[str, Any], kin
     summary = results["summary"][kind]
     assert summary["count"] >= 8
     assert summary["missed"] == 0
+    assert summary["cut_early"] == 0  # a zero stop latency for the wrong reason
     assert summary["stop_latency_ms"]["p95"] <= 100
 
 

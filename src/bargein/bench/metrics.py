@@ -20,6 +20,9 @@ WINDOW_MS = 10.0
 MISSED_AFTER_S = 1.5
 BURST_AFTER_MS = 40.0
 """Audio still audible this long after the tier-1 action is a burst (a buffer not flushed)."""
+ONSET_SLACK_S = 0.1
+"""How far before the ground-truth onset a system may place the same sound's onset (a
+loudness gate fires on a faint start a block or two early)."""
 
 
 def words_of(text: str) -> list[str]:
@@ -104,6 +107,7 @@ def summarize(scenarios: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "false_interruption_rate": _rate(
                 sum(bool(r["false_interruption"]) for r in cont), len(cont)
             ),
+            "cut_early": sum(bool(r.get("cut_early")) for r in interrupt),
             "stop_latency_ms": _stats(r["stop_latency_ms"] for r in interrupt),
             "after_tier1_ms": _stats(r.get("after_tier1_ms") for r in rows),
             "bursts": sum(1 for r in rows if (r.get("after_tier1_ms") or 0.0) > BURST_AFTER_MS),
@@ -150,6 +154,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
         "n",
         "missed",
         "false int.",
+        "cut early",
         "stop p50",
         "stop p95",
         "stop max",
@@ -171,6 +176,7 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
                 str(s["count"]),
                 f"{s['missed']}/{s['expect_interrupt']}",
                 f"{s['false_interruptions']}/{s['expect_continue']}",
+                f"{s['cut_early']}/{s['expect_interrupt']}",
                 format_cell(s["stop_latency_ms"]["p50"]),
                 format_cell(s["stop_latency_ms"]["p95"]),
                 format_cell(s["stop_latency_ms"]["max"]),

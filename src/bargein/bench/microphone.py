@@ -14,6 +14,7 @@ frame's convolution into the next ones, so the result does not depend on the fra
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -23,7 +24,12 @@ import numpy.typing as npt
 from scipy.signal import oaconvolve
 
 from bargein.audio import last_audible
-from bargein.bench.metrics import MISSED_AFTER_S, audible_window_times, window_seconds
+from bargein.bench.metrics import (
+    MISSED_AFTER_S,
+    ONSET_SLACK_S,
+    audible_window_times,
+    window_seconds,
+)
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.providers.base import FloatAudio
 from bargein.scenario import Scenario
@@ -173,6 +179,11 @@ def microphone_for(scenario: Scenario, speaker: SimulatedSpeaker, rate: int) -> 
 class StopMetrics:
     stop_latency_ms: float | None
     missed: bool
+    cut_early: bool = False
+    """The reply was abandoned, silenced for good by a pause, duck or clear that reached
+    the ear before the user's sound began: something else (its own echo, a noise)
+    interrupted it, and a stop latency of zero says nothing good. (A reply between two
+    sentences when the user began is silent then too, but no control had stopped it.)"""
 
 
 def stop_metrics(
@@ -188,17 +199,43 @@ def stop_metrics(
     Only the reply's own samples count: the answer to the interruption is not the agent
     failing to stop.
     """
+    end = speaker.rendered
+    ours = np.where(speaker.reply_at[:end] == reply_id, speaker.recording[:end], 0.0)
+    return reply_stop_metrics(
+        ours,
+        speaker.sample_rate,
+        onset,
+        expect_interrupt=expect_interrupt,
+        interrupted=interrupted,
+        controls=[t for t, _ in speaker.controls],
+    )
+
+
+def reply_stop_metrics(
+    ours: np.ndarray,
+    sample_rate: int,
+    onset: float | None,
+    *,
+    expect_interrupt: bool,
+    interrupted: bool,
+    controls: Sequence[float] = (),
+) -> StopMetrics:
+    """:func:`stop_metrics` over the reply's own samples as an ear recorded them (zero
+    where anything else played), at ``sample_rate``: a simulated loudspeaker's, or a
+    phone's 8 kHz. ``controls`` are the times the ear got a pause, duck or clear."""
     if not expect_interrupt:
         return StopMetrics(None, False)
     if onset is None:
         return StopMetrics(None, not interrupted)
-    end = speaker.rendered
-    ours = np.where(speaker.reply_at[:end] == reply_id, speaker.recording[:end], 0.0)
-    audible = audible_window_times(ours.astype(np.float32), speaker.sample_rate)
-    last = float(audible[-1]) + window_seconds(speaker.sample_rate) if len(audible) else None
+    audible = audible_window_times(ours.astype(np.float32), sample_rate)
+    last = float(audible[-1]) + window_seconds(sample_rate) if len(audible) else None
     latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
     late = audible[audible >= onset + MISSED_AFTER_S]
-    return StopMetrics(latency, bool(len(late)) or not interrupted)
+    window = window_seconds(sample_rate)
+    cut_early = interrupted and any(
+        c < onset - ONSET_SLACK_S and not np.any(audible >= c + window) for c in controls
+    )
+    return StopMetrics(latency, bool(len(late)) or not interrupted, cut_early)
 
 
 def ear_fields(
@@ -215,6 +252,7 @@ def ear_fields(
         "missed": stop.missed,
         "interrupted": interrupted,
         "false_interruption": scenario.expect == "continue" and interrupted,
+        "cut_early": stop.cut_early,
         "paused_ms": paused_s * 1000 if not expect_interrupt else None,
     }
 

@@ -2,12 +2,13 @@
 
 The page has, per run, a header (command, system under test, machine, date, versions),
 the per-kind summary table, a "problems" section with every scenario whose expectation
-failed (missed, false interruption, words recorded that were not heard, or errors), then
-every other scenario. A scenario with a trace (:mod:`bargein.bench.trace`) gets a
-timeline plot: the microphone and the loudspeaker waveforms on one time axis, with the
-interruption's moments drawn as vertical lines. Runs without traces (a far end, a peer's
-results file) get everything but the plots. With several runs the page opens with
-comparison tables: one column group per run, the same rows.
+failed (missed, false interruption, cut off before the user spoke, words recorded that
+were not heard, or errors), then every other scenario. A scenario with a trace
+(:mod:`bargein.bench.trace`) gets a timeline plot: the microphone and the loudspeaker
+waveforms on one time axis, with the interruption's moments drawn as vertical lines.
+Runs without traces (a far end, a peer's results file) get everything but the plots.
+With several runs the page opens with comparison tables: one column group per run, the
+same rows.
 
 Plots are PNG files embedded as base64; the styles are inline; there is no script and
 no external address, so the page can be mailed or archived as is.
@@ -379,6 +380,8 @@ def problems_of(scenario: Mapping[str, Any]) -> list[str]:
         found.append("missed")
     if scenario.get("false_interruption"):
         found.append("false interruption")
+    if scenario.get("cut_early"):
+        found.append("cut off before the user spoke")
     errors = scenario.get("state_word_errors")
     if isinstance(errors, int) and errors > 0:
         found.append(f"state word errors: {errors}")
@@ -406,6 +409,7 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     ("n", lambda s: _fmt(s["count"])),
     ("missed", lambda s: f"{s['missed']}/{s['expect_interrupt']}"),
     ("false int.", lambda s: f"{s['false_interruptions']}/{s['expect_continue']}"),
+    ("cut early", lambda s: f"{s.get('cut_early', 0)}/{s['expect_interrupt']}"),
     ("stop p50", lambda s: _fmt(s["stop_latency_ms"]["p50"])),
     ("stop p95", lambda s: _fmt(s["stop_latency_ms"]["p95"])),
     ("stop max", lambda s: _fmt(s["stop_latency_ms"]["max"])),
@@ -421,7 +425,16 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     ),
     ("turn WER", lambda s: _pct(s.get("user_turn_wer"))),
 )
-COMPARED = ("n", "missed", "false int.", "stop p50", "stop p95", "paused p95", "state err")
+COMPARED = (
+    "n",
+    "missed",
+    "false int.",
+    "cut early",
+    "stop p50",
+    "stop p95",
+    "paused p95",
+    "state err",
+)
 
 
 def _cell(summary: Mapping[str, Any], header: str) -> str:
@@ -513,7 +526,9 @@ def comparison_tables(runs: Sequence[Run]) -> str:
 
 def _outcome(s: Mapping[str, Any]) -> str:
     if s.get("expect") == "interrupt":
-        return "missed" if s.get("missed") else "stopped"
+        if s.get("missed"):
+            return "missed"
+        return "cut early" if s.get("cut_early") else "stopped"
     return "false int." if s.get("false_interruption") else "continued"
 
 

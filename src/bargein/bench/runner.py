@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from bargein.bench.loop_lag import LagMonitor, watched
-from bargein.bench.metrics import audible_after_ms, format_table, state_word_errors, summarize
+from bargein.bench.metrics import (
+    ONSET_SLACK_S,
+    audible_after_ms,
+    format_table,
+    state_word_errors,
+    summarize,
+)
 from bargein.bench.microphone import (
     Microphone,
     ear_fields,
@@ -57,8 +63,6 @@ if TYPE_CHECKING:
 MIC_RATE = 16000
 MIC_CHUNK = 160
 """The microphone delivers 10 ms at a time, as WebRTC does (telephony sends 20 ms)."""
-ONSET_SLACK_S = 0.1
-"""How far before the ground-truth onset the session may place the same sound's onset."""
 FOLLOW_UP = "Of course. Let me help you with that right away."
 
 

@@ -50,12 +50,9 @@ from bargein.bench.far_end import (
     settle_heard_text,
 )
 from bargein.bench.metrics import (
-    MISSED_AFTER_S,
     audible_after_ms,
-    audible_window_times,
-    window_seconds,
 )
-from bargein.bench.microphone import Microphone, microphone_for
+from bargein.bench.microphone import Microphone, microphone_for, reply_stop_metrics
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
 from bargein.providers.base import FloatAudio
@@ -531,23 +528,6 @@ class _Watch:
         return min(later) if later else None
 
 
-def _stop_metrics(
-    recording: FarEndRecording, onset: float | None, *, expect_interrupt: bool, interrupted: bool
-) -> tuple[float | None, bool]:
-    """:func:`bargein.bench.microphone.stop_metrics` at the phone's ear: same windows,
-    same threshold, same ``missed`` rule, over the 8 kHz recording of reply 1."""
-    if not expect_interrupt:
-        return None, False
-    if onset is None:
-        return None, not interrupted
-    ours = np.where(recording.reply_at == 1, recording.audio, np.float32(0))
-    audible = audible_window_times(ours.astype(np.float32), recording.sample_rate)
-    last = float(audible[-1]) + window_seconds(recording.sample_rate) if len(audible) else None
-    latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
-    late = audible[audible >= onset + MISSED_AFTER_S]
-    return latency, bool(len(late)) or not interrupted
-
-
 def _paused_ms(recording: FarEndRecording) -> float:
     """Silence inside reply 1 that a ``clear`` caused: what a pause is on a phone line.
 
@@ -644,8 +624,14 @@ def measure_twilio_call(
     onset = mic.onset()
     interrupted = watch.cut_at is not None
     expect_interrupt = scenario.expect == "interrupt"
-    latency, missed = _stop_metrics(
-        recording, onset, expect_interrupt=expect_interrupt, interrupted=interrupted
+    ours = np.where(recording.reply_at == 1, recording.audio, np.float32(0))
+    stop = reply_stop_metrics(
+        ours,
+        recording.sample_rate,
+        onset,
+        expect_interrupt=expect_interrupt,
+        interrupted=interrupted,
+        controls=recording.clears,
     )
     played = len(recording.played(1))
     last_name = watch.last_mark_name.get(1)
@@ -667,10 +653,11 @@ def measure_twilio_call(
         "kind": scenario.kind,
         "expect": scenario.expect,
         "onset_s": onset,
-        "stop_latency_ms": latency,
-        "missed": missed,
+        "stop_latency_ms": stop.stop_latency_ms,
+        "missed": stop.missed,
         "interrupted": interrupted,
         "false_interruption": scenario.expect == "continue" and interrupted,
+        "cut_early": stop.cut_early,
         "paused_ms": _paused_ms(recording) if not expect_interrupt else None,
         "heard_text": "",
         "recorded_text": None,
@@ -682,7 +669,7 @@ def measure_twilio_call(
         "first_clear_ms": first_clear_ms,
         # A pause on a phone line is a clear, and so is the flush.
         "after_tier1_ms": audible_after_ms(
-            np.where(recording.reply_at == 1, recording.audio, np.float32(0)),
+            ours,
             recording.sample_rate,
             [c for c in recording.clears if c >= onset] if interrupted and onset else None,
         ),
