@@ -360,6 +360,77 @@ def test_a_loud_sound_the_vad_never_confirms_resumes_at_once() -> None:
     assert run_until_quiet(policy, 10.0) == []
 
 
+def knock_voiced_at_one_cut(policy: FloorPolicy, start: float, until: float) -> list[object]:
+    """Frames every 32 ms that the VAD's first cut voiced and its second did not."""
+    actions: list[object] = []
+    t = start
+    while t < until - 1e-9:
+        actions.extend(policy.handle(VoiceActivity(t, 0.9, second_cut=0.1)))
+        t += 0.032
+    return actions
+
+
+def test_a_sound_voiced_at_one_vad_cut_only_holds_and_then_resumes() -> None:
+    # A knock the VAD called voice only where its frames happened to fall: neither the
+    # duration rule nor the recogniser's word for it commits while it lasts.
+    policy = speaking_policy()
+    policy.handle(VoiceActivity(1.0, 0.9, second_cut=0.2))
+    assert policy.handle(SpeechStarted(1.0)) == [PauseOutput(1)]
+    assert knock_voiced_at_one_cut(policy, 1.032, 2.0) == []  # past the 0.8 s rule
+    assert policy.handle(Words(2.0, ("sorry",))) == []
+    assert policy.state is Floor.TENTATIVE
+    # It ends, and would commit on "sorry": the agent stays paused for the hold, and
+    # with nothing more from the user it goes on.
+    policy.handle(SpeechEnded(2.1))
+    assert policy.handle(Words(2.1, ("sorry",), final=True)) == []
+    assert policy.next_deadline() == pytest.approx(2.5)
+    assert policy.handle(Tick(2.45)) == []
+    assert policy.handle(Tick(2.5)) == [ResumeOutput(1)]
+    record = policy.interruptions[0]
+    assert (record.reason, record.decided_at) == ("one cut:word:sorry", 2.5)
+
+
+def test_going_on_after_a_sound_voiced_at_one_cut_decides_on_the_whole() -> None:
+    # A soft "Stop," voiced at one cut only, then the rest of the sentence: the agent,
+    # held paused, never plays over it.
+    policy = speaking_policy(one_cut_hold_s=0.3)
+    policy.handle(VoiceActivity(1.0, 0.9, second_cut=0.2))
+    policy.handle(SpeechStarted(1.0))
+    knock_voiced_at_one_cut(policy, 1.032, 1.3)
+    policy.handle(SpeechEnded(1.4))
+    assert policy.handle(Words(1.4, ("stop",), final=True)) == []
+    assert policy.next_deadline() == pytest.approx(1.7)
+    policy.handle(VoiceActivity(1.6, 0.9, second_cut=0.8))  # "I need the reference..."
+    assert policy.state is Floor.YIELDED
+    record = policy.interruptions[0]
+    assert (record.decision, record.reason, record.decided_at) == ("commit", "word:stop", 1.6)
+    assert record.resumed_at is None
+
+
+def test_the_first_frame_voiced_at_both_cuts_lets_the_due_commit_through() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    knock_voiced_at_one_cut(policy, 1.0, 1.9)
+    assert policy.state is Floor.TENTATIVE
+    actions = policy.handle(VoiceActivity(1.93, 0.9, second_cut=0.6))
+    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
+    assert policy.interruptions[0].reason == "duration"
+
+
+def test_the_onset_frame_voiced_at_both_cuts_counts() -> None:
+    # The session hands the policy the frame before the start it opens, at the same time.
+    policy = speaking_policy()
+    policy.handle(VoiceActivity(1.0, 0.9, second_cut=0.7))
+    policy.handle(SpeechStarted(1.0))
+    actions = knock_voiced_at_one_cut(policy, 1.032, 2.0)
+    assert actions[:2] == [FlushOutput(1), CancelReply(1)]
+    # A frame voiced at both before a loudness start, not of its sound, does not count.
+    policy = speaking_policy()
+    policy.handle(VoiceActivity(1.0, 0.9, second_cut=0.7))
+    policy.handle(SpeechStarted(1.005, voiced=False))
+    assert knock_voiced_at_one_cut(policy, 1.032, 2.0) == []
+
+
 def test_voice_before_the_canceller_started_is_the_echo_and_no_longer_counts() -> None:
     # Tier 1 fired on an echo the gate could not explain; the canceller then took over.
     policy = speaking_policy()

@@ -381,6 +381,59 @@ def test_vad_streaming_state_and_reset(vad: SileroVAD, price_16k: FloatAudio) ->
     assert vad.probability(frames[10]) != pytest.approx(streamed[10], abs=1e-4)
 
 
+def test_the_second_vad_cut_scores_the_stream_half_a_frame_earlier(
+    price_16k: FloatAudio,
+) -> None:
+    """The second cut is the same stream cut 256 samples earlier, with a state of its own;
+    the first cut's scores are those of a VAD with one cut."""
+    frames = price_16k[: 24 * 512].reshape(24, 512)
+    shifted = np.concatenate([np.zeros(256, np.float32), price_16k[: 23 * 512 + 256]])
+    own = SileroVAD(second_cut=False).probabilities(frames.reshape(-1))
+    other = SileroVAD(second_cut=False).probabilities(shifted)
+    assert not np.allclose(own, other, atol=1e-3)  # the cuts differ
+    two = SileroVAD()
+    for _ in range(2):  # and reset starts both again
+        scored = [two.probability_two_cuts(f) for f in frames]
+        assert [a for a, _ in scored] == pytest.approx(own.tolist())
+        assert [b for _, b in scored] == pytest.approx(other.tolist())
+        two.reset()
+    assert [two.probability(f) for f in frames] == pytest.approx(own.tolist())
+    assert SileroVAD(second_cut=False).probability_two_cuts(frames[0])[1] is None
+
+
+def test_a_door_knock_is_voiced_at_both_vad_cuts_more_rarely_than_at_one(
+    price_16k: FloatAudio,
+) -> None:
+    """Where 512-sample frames fall on a knock decides whether one cut calls it voice;
+    speech is voice at both cuts, wherever the frames fall."""
+    from bargein.builtin_set import _knock
+
+    vad = SileroVAD()
+
+    def voiced(sound: FloatAudio) -> tuple[int, int]:
+        """Over eight leads: how often some frame was voiced at the first cut, and at both."""
+        one = both = 0
+        for lead in range(0, 512, 64):
+            clip = np.concatenate([np.zeros(7000 + lead, np.float32), sound, np.zeros(8000)])
+            clip = clip.astype(np.float32)
+            vad.reset()
+            scores = [
+                vad.probability_two_cuts(clip[i : i + 512]) for i in range(0, len(clip) - 511, 512)
+            ]
+            one += any(a >= 0.5 for a, _ in scores)
+            both += any(a >= 0.5 and b is not None and b >= 0.5 for a, b in scores)
+        return one, both
+
+    at_one = at_both = 0
+    for seed in range(4):
+        knock = _knock(16000, np.random.default_rng(seed))
+        knock = (knock / np.abs(knock).max() * 0.6).astype(np.float32)
+        one, both = voiced(knock)
+        at_one, at_both = at_one + one, at_both + both
+    assert at_both < at_one and at_one > 0
+    assert voiced(price_16k) == (8, 8)
+
+
 @pytest.mark.parametrize("frame", _wrong_frames())
 def test_vad_rejects_wrong_frame_sizes(vad: SileroVAD, frame: FloatAudio) -> None:
     with pytest.raises(ValueError, match="512"):

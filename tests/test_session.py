@@ -52,12 +52,13 @@ def make(
     restart: RestartPolicy = "respond",
     llm: ScriptedLLM | None = None,
     tts: WordTTS | None = None,
+    vad: LevelVAD | None = None,
 ) -> tuple[Session, LoggingSpeaker, ScriptedLLM, list[str]]:
     log: list[str] = []
     speaker = LoggingSpeaker(log)
     llm = llm or ScriptedLLM([AGENT, ANSWER])
     session = Session(
-        vad=LevelVAD(),
+        vad=vad or LevelVAD(),
         recognizer=ScriptedRecognizer(utterances),
         llm=llm,
         tts=tts or WordTTS(),
@@ -185,6 +186,32 @@ def test_a_yeah_just_after_the_agent_s_question_is_heard_as_its_answer(
     run(main(), "virtual")
     record = session.timeline[0]
     assert (record.decision, record.reason) == expected
+
+
+class FirstCutVAD(LevelVAD):
+    """Voice at the first cut of the frames only, as a knock can score where they fall."""
+
+    def probability_two_cuts(self, frame: FloatAudio) -> tuple[float, float | None]:
+        return self.probability(frame), 0.1
+
+
+@pytest.mark.parametrize(("vad", "expected"), [(LevelVAD(), "commit"), (FirstCutVAD(), "resume")])
+def test_the_session_hands_the_policy_the_vads_second_cut(vad: LevelVAD, expected: str) -> None:
+    """A sound long enough for the duration rule, and heard as "sorry": a bid if the VAD
+    voiced it at both cuts of its frames (or has one cut), the agent goes on if only at
+    its first."""
+    sorry: Utterance = ([(1.2, ("sorry",))], ("sorry",))
+    session, speaker, _, _ = make([sorry], vad=vad)
+
+    async def main() -> None:
+        async with session:
+            await drive(session, speaker, [(1.0, 2.0)], until=3.5)
+
+    run(main(), "virtual")
+    record = session.timeline[0]
+    assert record.decision == expected
+    if expected == "resume":
+        assert record.reason.startswith("one cut:")
 
 
 def test_a_sound_over_the_agent_ends_sooner_than_the_user_s_own_turn() -> None:

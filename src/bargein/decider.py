@@ -53,6 +53,17 @@ class Overlap:
     speech_ended_at: float | None = None
     last_voiced_at: float = float("-inf")
     """The latest frame the VAD scored as voiced; the segmenter's hangover is not voice."""
+    voiced_at_both_cuts: bool = False
+    """A frame of the sound was voiced at both of the VAD's cuts of the stream (always so
+    for a VAD with one cut): a voice, not a sound whose score depended on where the
+    frames fell."""
+    voiced_at_one_cut: bool = False
+    """A frame of the sound was voiced at the VAD's first cut and not at its second. The
+    policy commits on no sound with such frames and none voiced at both
+    (``bargein.policy``)."""
+    one_cut_until: float | None = None
+    """The sound voiced at one cut only ended, and would have committed: the policy holds
+    the agent paused until then for the user to go on."""
     partials: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     final_words: tuple[str, ...] | None = None
     frames: list[FrameInfo] = field(default_factory=list)

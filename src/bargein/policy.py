@@ -22,7 +22,10 @@ The six steps of an interruption, all in :meth:`FloorPolicy._on_speech_started`,
 1. detect: user speech starts while the agent is THINKING or SPEAKING;
 2. tier 1: pause (or duck) the agent's audio on the same frame (state TENTATIVE); a
    duck becomes a pause if tier 2 is still undecided at ``duck_limit_s``;
-3. tier 2: ask the decider until it commits or resumes;
+3. tier 2: ask the decider until it commits or resumes. A sound the VAD voiced at one
+   cut of its frames only (a knock, whose score depends on where the frames fall) does
+   not commit: the decision waits for voice at both, or for the user to go on, and
+   resumes if neither comes;
 4. commit: flush output, cancel the reply (LLM and TTS together), truncate the assistant
    message to what was played; then 6. yield the floor (YIELDED) until the user's turn
    ends, and start the next reply under the session's restart policy;
@@ -93,6 +96,9 @@ class VoiceActivity:
     probability: float
     features: FeatureVector | None = None
     """The frame's acoustic features for tier 2 (:func:`bargein.tier2.frame_features`)."""
+    second_cut: float | None = None
+    """The probability of the same stream cut half a frame earlier, from a VAD that
+    scores two cuts (None: one cut, and the frame's probability stands alone)."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +392,10 @@ class PolicyConfig:
     """How long a turn end waits for the recogniser's final words."""
     voiced_threshold: float = 0.5
     """A frame at or above this speech probability counts as voiced for tier 2."""
+    one_cut_hold_s: float = 0.4
+    """How long the agent stays paused after a sound the VAD voiced at one cut of its
+    frames only would have committed, for the user to go on (then tier 2 decides on the
+    whole), before it resumes (:meth:`FloorPolicy._heard_at_both_cuts`)."""
     preemptive: bool = True
     """Start the reply as soon as the user pauses with final words, before the turn end
     is certain; if they go on, the early reply is cancelled and started again."""
@@ -445,6 +455,9 @@ class FloorPolicy:
         self._now = float("-inf")
         self._recent: deque[FrameInfo] = deque(maxlen=8)
         """The latest frames with features: an overlap starts with the ones at its onset."""
+        self._last_voiced: tuple[float, bool] = (float("-inf"), True)
+        """The latest voiced frame's time, and whether it was voiced at both of the VAD's
+        cuts (see :meth:`_heard_at_both_cuts`)."""
 
     # -- public -------------------------------------------------------------------------
 
@@ -488,6 +501,9 @@ class FloorPolicy:
         """When the caller should send a :class:`Tick` even if nothing else happens."""
         if self._overlap is not None:
             due = self.decider.deadline(self._overlap, self._now)
+            held = self._overlap.one_cut_until
+            if held is not None and self._now < held and (due is None or held < due):
+                due = held
             limit = self._duck_limit_at()
             if limit is not None and (due is None or limit < due):
                 return limit
@@ -578,6 +594,7 @@ class FloorPolicy:
             overlap = self._overlap
             overlap.speech_active = True
             overlap.speech_ended_at = None
+            overlap.one_cut_until = None
             actions = self._decide(event.at)  # a command in the sound before commits
             if self.state is Floor.TENTATIVE and overlap.sound_at == event.at:
                 # The final words given just now, as the user went on (``_on_words``):
@@ -596,10 +613,15 @@ class FloorPolicy:
         assert self.reply_id is not None
         audible = self.state is Floor.SPEAKING
         self._go("user speech")
+        # The VAD frame that opened the sound came just before, at the same time.
+        last = self._last_voiced
+        onset_frame = last if event.voiced and last[0] >= event.at else None
         self._overlap = Overlap(
             onset_at=event.at,
             agent_audible=audible,
             last_voiced_at=event.at if event.voiced else float("-inf"),
+            voiced_at_both_cuts=onset_frame is not None and onset_frame[1],
+            voiced_at_one_cut=onset_frame is not None and not onset_frame[1],
             frames=[f for f in self._recent if f.at > event.at - 0.07],
             agent_context=event.context,
             over_echo=event.over_echo,
@@ -631,10 +653,19 @@ class FloorPolicy:
             self._recent.append(frame)
             if self._overlap is not None:
                 self._overlap.frames.append(frame)
+        threshold = self.config.voiced_threshold
+        voiced = event.probability >= threshold
+        if voiced:
+            both = event.second_cut is None or event.second_cut >= threshold
+            self._last_voiced = (event.at, both)
         if self._overlap is None:
             return []
-        if event.probability >= self.config.voiced_threshold:
+        if voiced:
             self._overlap.last_voiced_at = event.at
+            if both:
+                self._overlap.voiced_at_both_cuts = True
+            else:
+                self._overlap.voiced_at_one_cut = True
         return self._decide(event.at)
 
     def _on_words(self, event: Words) -> list[Action]:
@@ -698,6 +729,7 @@ class FloorPolicy:
         if self.state is Floor.TENTATIVE and self._overlap is not None:
             overlap = self._overlap
             overlap.last_voiced_at = float("-inf")
+            overlap.voiced_at_both_cuts = overlap.voiced_at_one_cut = False
             overlap.over_echo = True
             overlap.echo_words += len(overlap.latest_words)
             overlap.partials.clear()
@@ -724,7 +756,7 @@ class FloorPolicy:
 
     def _decide(self, now: float) -> list[Action]:
         assert self._overlap is not None
-        decision = self.decider.decide(self._overlap, now)
+        decision = self._heard_at_both_cuts(now, self.decider.decide(self._overlap, now))
         if self.state is not Floor.TENTATIVE:
             return self._recheck(now, decision)
         assert self._record is not None
@@ -745,6 +777,34 @@ class FloorPolicy:
             # Resumed while the sound goes on ("okay" heard in it): keep listening to it.
             self._overlap, overlap.resumed_at = overlap, now
         return self._resume(now, record)
+
+    def _heard_at_both_cuts(self, now: float, decision: Decision | None) -> Decision | None:
+        """Hold back a commit on a sound the VAD voiced at one cut of its frames only.
+
+        Silero scores a short, sharp sound voice or not depending on where its 512-sample
+        frames fall: the same door knock at most 0.07 at one cut, twelve frames over 0.5
+        at another. Once voiced, the recognisers make words of it ("sorry", "and the
+        dead"), which commit. Speech is voiced at both cuts, a knock at one at most; so,
+        now and then, is a soft first word ("Stop," "Wait,") said before the rest of the
+        sentence. So such a commit waits: for a frame voiced at both, or, once the sound
+        has ended, for ``one_cut_hold_s`` with the agent still paused, in which the user
+        going on decides on the whole; only then does the agent resume. (A watched sound,
+        the agent playing over it, just goes on being watched.) Resuming over a sound
+        with no voice stays with the first cut alone.
+        """
+        overlap = self._overlap
+        assert overlap is not None
+        if decision is None or decision.kind != "commit" or overlap.voiced_at_both_cuts:
+            return decision
+        if not overlap.voiced_at_one_cut:
+            return decision  # no VAD frames at all: the runtime decides on other evidence
+        if overlap.speech_active:
+            return None
+        if overlap.one_cut_until is None:
+            overlap.one_cut_until = now + self.config.one_cut_hold_s
+        if now < overlap.one_cut_until:
+            return None
+        return Decision("resume", "one cut:" + decision.reason)
 
     def _duck_limit_at(self) -> float | None:
         """When a ducked agent pauses for a sound still undecided (None: no such limit)."""

@@ -237,6 +237,9 @@ class Session:
         if transcriber is not None and transcriber.sample_rate != self.sample_rate:
             raise ValueError(f"the transcriber must run at {self.sample_rate} Hz")
         self.vad = vad
+        self._two_cuts: Callable[[FloatAudio], tuple[float, float | None]] | None = getattr(
+            vad, "probability_two_cuts", None
+        )
         self.recognizer = recognizer
         self.transcriber = transcriber
         self.second_opinion = second_opinion
@@ -468,11 +471,14 @@ class Session:
     def _process_frame(self, frame: FloatAudio) -> None:
         at = self.now()
         self._preroll.append(frame)
-        probability = self.vad.probability(frame)
+        if self._two_cuts is not None:
+            probability, second_cut = self._two_cuts(frame)
+        else:
+            probability, second_cut = self.vad.probability(frame), None
         overlap = self.policy.overlap_open
         change = self.segmenter.push(at, probability, _OVERLAP_END_SILENCE_S if overlap else None)
         features = frame_features(frame) if self._features else None
-        self._handle(VoiceActivity(at, probability, features))
+        self._handle(VoiceActivity(at, probability, features, second_cut))
         if isinstance(change, SpeechStarted):
             self._speech_started(change)
         elif self.segmenter.active or isinstance(change, SpeechEnded):

@@ -30,6 +30,11 @@ class VoiceActivityDetector(Protocol):
 
     Stateful across calls (Silero carries an RNN state), so one instance serves one
     stream; ``reset`` starts a new stream.
+
+    A detector may also offer ``probability_two_cuts(frame) -> (float, float | None)``:
+    the frame's probability and that of the same stream cut half a frame earlier (None:
+    no second cut). Speech is voice wherever the frames fall, a knock often at one cut
+    only; the session then tells the policy both (:class:`bargein.policy.VoiceActivity`).
     """
 
     sample_rate: int
