@@ -228,10 +228,10 @@ def reply_stop_metrics(
     if onset is None:
         return StopMetrics(None, not interrupted)
     audible = audible_window_times(ours.astype(np.float32), sample_rate)
-    last = float(audible[-1]) + window_seconds(sample_rate) if len(audible) else None
+    window = window_seconds(sample_rate)
+    last = float(audible[-1]) + window if len(audible) else None
     latency = max(0.0, last - onset) * 1000 if last is not None else 0.0
     late = audible[audible >= onset + MISSED_AFTER_S]
-    window = window_seconds(sample_rate)
     cut_early = interrupted and any(
         c < onset - ONSET_SLACK_S and not np.any(audible >= c + window) for c in controls
     )

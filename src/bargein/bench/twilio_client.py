@@ -49,9 +49,7 @@ from bargein.bench.far_end import (
     TargetError,
     settle_heard_text,
 )
-from bargein.bench.metrics import (
-    audible_after_ms,
-)
+from bargein.bench.metrics import audible_after_ms
 from bargein.bench.microphone import Microphone, microphone_for, reply_stop_metrics
 from bargein.bench.speaker import SimulatedSpeaker
 from bargein.clock import sleep_until
