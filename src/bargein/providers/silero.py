@@ -33,9 +33,9 @@ Why this shape:
   the agent in one call and not in the next. A second state scores the same stream cut
   half a frame earlier, and :meth:`SileroVAD.probability_two_cuts` returns both scores:
   speech is voice at both cuts, most knocks at one at most. The first cut's score is
-  the VAD's as before; what the second is for is the policy's to say (a voice only one
-  cut heard never takes the floor, ``bargein.policy``). It costs a second run of the
-  network, about 0.06 ms per frame.
+  the VAD's as before; what the second is for is the policy's to say (a sound only one
+  cut voiced does not commit on its own, ``bargein.policy``). It costs a second run of
+  the network, about 0.06 ms per frame.
 """
 
 from __future__ import annotations
