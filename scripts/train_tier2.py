@@ -66,10 +66,12 @@ from bargein.tier2 import CLASSES, FEATURE_NAMES, Tier2Model
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tier2"
 DEFAULT_OUT = ROOT / "src" / "bargein" / "models" / "tier2.npz"
-DATA_VERSION = "tier2-data/3"
+DATA_VERSION = "tier2-data/4"
 """2: each clip played to a reset recogniser, as each benchmark scenario is (version 1 kept
 one PocketSphinx decoder adapting across the clips of a worker). 3: backchannels kept out
-of the answer zone of a reply that opens with a question (:data:`ANSWER_ZONE_AFTER_S`)."""
+of the answer zone of a reply that opens with a question (:data:`ANSWER_ZONE_AFTER_S`).
+4: the recording decider tells overlaps apart by the objects, not by their id()
+(:class:`RecordingDecider`)."""
 SR = 16000
 HORIZON_S = 1.3
 """How long after the onset the recording decider holds the overlap open."""
@@ -721,18 +723,23 @@ class RecordingDecider:
         self.max_overlaps = max_overlaps
         self.rows: list[tuple[int, float, npt.NDArray[np.float32]]] = []
         self.rule: dict[int, tuple[str, float]] = {}
-        self._index: dict[int, int] = {}
-        self._rules: dict[int, RuleDecider] = {}
+        # The overlaps themselves, not their id(): the policy drops an overlap once it is
+        # decided, and a later one may then be allocated at the same address, which made
+        # the rows of a clip depend on the garbage collector (a few echo clips recorded
+        # 86 frames in one run and 92 in the next).
+        self._overlaps: list[Overlap] = []
+        self._rules: list[RuleDecider] = []
 
-    def _key(self, overlap: Overlap) -> int:
-        key = id(overlap)
-        if key not in self._index:
-            self._index[key] = len(self._index)
-            self._rules[key] = RuleDecider()
-        return self._index[key]
+    def _index(self, overlap: Overlap) -> int:
+        for index, seen in enumerate(self._overlaps):
+            if seen is overlap:
+                return index
+        self._overlaps.append(overlap)
+        self._rules.append(RuleDecider())
+        return len(self._overlaps) - 1
 
     def decide(self, overlap: Overlap, now: float) -> Decision | None:
-        index = self._key(overlap)
+        index = self._index(overlap)
         t = now - overlap.onset_at
         if index < self.max_overlaps:
             x = tier2.overlap_features(overlap, now)
@@ -742,7 +749,7 @@ class RecordingDecider:
                 else:
                     self.rows.append((index, t, x))
             if index not in self.rule:
-                verdict = self._rules[id(overlap)].decide(overlap, now)
+                verdict = self._rules[index].decide(overlap, now)
                 if verdict is not None:
                     self.rule[index] = (verdict.kind, t)
         ended = overlap.speech_ended_at
