@@ -29,6 +29,7 @@ from bargein.tier2 import (
     DeciderKind,
     ModelDecider,
     Tier2Model,
+    after_question,
     agent_context_is_question,
     default_model_path,
     frame_features,
@@ -143,6 +144,26 @@ def test_the_question_context() -> None:
     assert not agent_context_is_question("")
 
 
+def test_after_question_falls_from_the_question_end_to_zero() -> None:
+    assert after_question(None) == 0.0  # no question, or a sound inside it
+    assert after_question(-0.2) == 1.0  # over the question's last word
+    assert after_question(0.0) == 1.0
+    assert after_question(0.75) == pytest.approx(0.5)
+    assert after_question(1.5) == 0.0
+    assert after_question(4.0) == 0.0
+
+
+def test_overlap_features_carry_the_time_after_a_question() -> None:
+    frames = _frames(_speechlike(0.3), [0.9] * 9)
+    column = FEATURE_NAMES.index("after_question")
+    values = []
+    for after in (None, 2.0, 0.3):
+        vector = overlap_features(_overlap(frames, after_question_s=after), ONSET + 0.3)
+        assert vector is not None
+        values.append(float(vector[column]))
+    assert values == [0.0, 0.0, pytest.approx(0.8)]
+
+
 # -- the shipped model ------------------------------------------------------------------
 
 
@@ -212,6 +233,37 @@ def test_a_short_uh_huh_resumes() -> None:
         if verdict is not None:
             break
     assert verdict is not None and verdict.kind == "resume", verdict
+
+
+def _short_yeah(after_question_s: float | None) -> tuple[str, str] | None:
+    """A short voiced sound whose words are "yeah", asked at every frame until decided."""
+    audio = np.concatenate([_speechlike(0.3, level=0.1, seed=4), np.zeros(12 * FRAME, np.float32)])
+    frames = _frames(audio, [0.9] * 9 + [0.1] * 12)
+    overlap = _overlap(
+        frames,
+        last_voiced_at=frames[8].at,
+        agent_context="Do you want the summary first?",
+        after_question_s=after_question_s,
+    )
+    overlap.partials = [(ONSET + 0.2, ("yeah",))]
+    decider = ModelDecider()
+    for i, frame in enumerate(frames):
+        if i == 11:
+            overlap.speech_active = False
+            overlap.speech_ended_at = frame.at
+            overlap.final_words = ("yeah",)
+        verdict = decider.decide(overlap, frame.at)
+        if verdict is not None:
+            return verdict.kind, verdict.reason
+    return None
+
+
+def test_the_model_takes_a_yeah_just_after_a_question_for_an_answer() -> None:
+    # Just after the agent's question a "yeah" answers it and takes the floor; the same
+    # sound two seconds later, over the agent's next sentence, is a backchannel.
+    answer, later = _short_yeah(0.2), _short_yeah(2.0)
+    assert answer is not None and answer[0] == "commit", answer
+    assert later is not None and later[0] == "resume", later
 
 
 def test_a_click_resumes() -> None:

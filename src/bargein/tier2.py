@@ -224,6 +224,7 @@ FEATURE_NAMES: Final = (
     "other_words",
     "final",
     "question",
+    "after_question",
     "agent_audible",
 )
 
@@ -234,6 +235,21 @@ _VOICED: Final = 0.45
 def agent_context_is_question(context: str) -> bool:
     """True when the agent's sentence under way (or just finished) is a question."""
     return final_mark(context.rstrip()) == "?"
+
+
+AFTER_QUESTION_S: Final = 1.5
+"""How long after the end of the agent's question a sound counts as following it: the
+span where the training data has answers and no backchannel (``ANSWER_ZONE_AFTER_S`` in
+``scripts/train_tier2.py``)."""
+
+
+def after_question(after_question_s: float | None) -> float:
+    """1 for a sound that began over the agent's question's last word or at its end,
+    falling to 0 at :data:`AFTER_QUESTION_S` after it; 0 when the agent's latest sentence
+    was no question, or the sound began inside it. A short "yeah" there answers."""
+    if after_question_s is None:
+        return 0.0
+    return float(np.clip(1.0 - after_question_s / AFTER_QUESTION_S, 0.0, 1.0))
 
 
 def _find(words: tuple[str, ...], phrases: Sequence[str]) -> bool:
@@ -330,6 +346,7 @@ def overlap_features(overlap: Overlap, now: float) -> Vector | None:
         min(other, 4) / 4.0,
         float(overlap.final_words is not None),
         float(agent_context_is_question(overlap.agent_context)),
+        after_question(overlap.after_question_s),
         float(overlap.agent_audible),
     ]
     vector = np.asarray(values, dtype=np.float32)
