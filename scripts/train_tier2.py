@@ -3,7 +3,8 @@
     .venv/bin/python scripts/train_tier2.py                      # data, training, figures
     .venv/bin/python scripts/train_tier2.py --extra-scenarios my_recordings/
 
-Four steps, all seeded, so the same machine and package versions give the same weights:
+Four steps, all seeded, so the same machine and package versions give the same weights
+(Whisper's readings, and so the weights, differ between CPUs):
 
 1. **Clips.** User speech from eSpeak NG (many accents and voice variants, at random
    rate, pitch and range) and from the Piper ``joe`` voice (random length and noise
@@ -14,7 +15,8 @@ Four steps, all seeded, so the same machine and package versions give the same w
    delay and reverberation, as the benchmark's ``echo`` does.
 2. **Overlaps.** Each sample is a scenario (docs/scenarios.md) played through a real
    session by the benchmark runner on the virtual clock (Silero VAD, pocketsphinx,
-   the agent's Piper voice, the floor policy). A recording decider holds the agent
+   Whisper's readings of the overlap, the agent's Piper voice, the floor policy). A
+   recording decider holds the agent
    paused until 1.3 s after the onset and records the model's feature vector
    (:func:`bargein.tier2.overlap_features`) at every frame: exactly what the
    :class:`~bargein.tier2.ModelDecider` will see at run time. It also asks the
@@ -66,12 +68,13 @@ from bargein.tier2 import CLASSES, FEATURE_NAMES, Tier2Model
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tier2"
 DEFAULT_OUT = ROOT / "src" / "bargein" / "models" / "tier2.npz"
-DATA_VERSION = "tier2-data/4"
+DATA_VERSION = "tier2-data/5"
 """2: each clip played to a reset recogniser, as each benchmark scenario is (version 1 kept
 one PocketSphinx decoder adapting across the clips of a worker). 3: backchannels kept out
 of the answer zone of a reply that opens with a question (:data:`ANSWER_ZONE_AFTER_S`).
 4: the recording decider tells overlaps apart by the objects, not by their id()
-(:class:`RecordingDecider`)."""
+(:class:`RecordingDecider`). 5: each clip played with Whisper as the second opinion, as
+the default session is."""
 SR = 16000
 HORIZON_S = 1.3
 """How long after the onset the recording decider holds the overlap open."""
@@ -784,7 +787,9 @@ def run_chunk(
         # keeps the rows independent of any turn-end model.
         fixed = functools.partial(PolicyConfig, turn_end="fixed")
         runner.PolicyConfig = fixed  # type: ignore[attr-defined,assignment]
-    stack = default_stack(spotter="off")  # the rows compare deciders on the same words
+    # Whisper reads each overlap as the default session's second opinion does: its
+    # readings are among the model's inputs, and the rule's verdicts are the default's.
+    stack = default_stack(spotter="whisper")
     from bargein.providers.silero import SileroVAD
 
     if "second_cut" in inspect.signature(SileroVAD).parameters:

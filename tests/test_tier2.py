@@ -164,6 +164,37 @@ def test_overlap_features_carry_the_time_after_a_question() -> None:
     assert values == [0.0, 0.0, pytest.approx(0.8)]
 
 
+def _reading_columns(overlap: Overlap) -> dict[str, float]:
+    vector = overlap_features(overlap, ONSET + 0.3)
+    assert vector is not None
+    names = [n for n in FEATURE_NAMES if "reading" in n]
+    return {n: float(vector[FEATURE_NAMES.index(n)]) for n in names}
+
+
+def test_overlap_features_carry_the_second_opinions_readings() -> None:
+    frames = _frames(_speechlike(0.3), [0.9] * 9)
+    nothing = _reading_columns(_overlap(frames))
+    assert set(nothing.values()) == {0.0}
+    heard = _reading_columns(
+        _overlap(
+            frames,
+            early_readings=[("stop",), ("okay",), ("wait",)],
+            early_chosen=[False, False, False],
+            second_opinion=("okay",),
+        )
+    )
+    assert heard["reading_command"] == 1.0 and heard["reading_backchannel"] == 0.0
+    assert heard["readings_commands"] == pytest.approx(2 / 3)
+    assert heard["final_reading_backchannel"] == 1.0 and heard["final_reading_command"] == 0.0
+    outright = _reading_columns(_overlap(frames, early_readings=[("okay",)], early_chosen=[False]))
+    assert outright["reading_backchannel"] == 1.0 and outright["reading_command"] == 0.0
+    # A backchannel the reader only chose as the nearest of its phrases is no evidence.
+    chosen = _reading_columns(_overlap(frames, early_readings=[("okay",)], early_chosen=[True]))
+    assert chosen["reading_backchannel"] == 0.0
+    tie = _reading_columns(_overlap(frames, second_opinion=(), second_opinion_too_close=True))
+    assert tie["final_reading_tie"] == 1.0 and tie["final_reading_command"] == 0.0
+
+
 # -- the shipped model ------------------------------------------------------------------
 
 

@@ -226,6 +226,12 @@ FEATURE_NAMES: Final = (
     "question",
     "after_question",
     "agent_audible",
+    "reading_command",
+    "reading_backchannel",
+    "readings_commands",
+    "final_reading_command",
+    "final_reading_backchannel",
+    "final_reading_tie",
 )
 
 _VOICED: Final = 0.45
@@ -267,6 +273,26 @@ def _slope(t: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
 
 def frames_until(overlap: Overlap, now: float) -> list[FrameInfo]:
     return [f for f in overlap.frames if f.at <= now + 1e-9]
+
+
+def _reading_features(overlap: Overlap) -> list[float]:
+    """What a second opinion read (Whisper, when the session has one): the latest reading
+    of the sound so far a command or a backchannel heard outright, how many readings were
+    commands, and the final reading's answer."""
+    readings = [normalize_words(r) for r in overlap.early_readings]
+    commands = [bool(r) and not only_backchannel(r, BACKCHANNEL_PHRASES) for r in readings]
+    latest = readings[-1] if readings else ()
+    chosen = bool(overlap.early_chosen and overlap.early_chosen[-1])
+    final = normalize_words(overlap.second_opinion or ())
+    final_backchannel = bool(final) and only_backchannel(final, BACKCHANNEL_PHRASES)
+    return [
+        float(bool(commands) and commands[-1]),
+        float(bool(latest) and not commands[-1] and not chosen),
+        min(sum(commands), 3) / 3.0,
+        float(bool(final) and not final_backchannel),
+        float(final_backchannel),
+        float(overlap.second_opinion_too_close),
+    ]
 
 
 def overlap_features(overlap: Overlap, now: float) -> Vector | None:
@@ -348,6 +374,7 @@ def overlap_features(overlap: Overlap, now: float) -> Vector | None:
         float(agent_context_is_question(overlap.agent_context)),
         after_question(overlap.after_question_s),
         float(overlap.agent_audible),
+        *_reading_features(overlap),
     ]
     vector = np.asarray(values, dtype=np.float32)
     return np.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0)
