@@ -16,16 +16,16 @@ Four steps, all seeded, so the same machine and package versions give the same w
 2. **Overlaps.** Each sample is a scenario (docs/scenarios.md) played through a real
    session by the benchmark runner on the virtual clock (Silero VAD, pocketsphinx,
    Whisper's readings of the overlap, the agent's Piper voice, the floor policy). A
-   recording decider holds the agent
-   paused until 1.3 s after the onset and records the model's feature vector
-   (:func:`bargein.tier2.overlap_features`) at every frame: exactly what the
-   :class:`~bargein.tier2.ModelDecider` will see at run time. It also asks the
-   :class:`~bargein.decider.RuleDecider` along the way, for comparison.
-3. **Training.** A small MLP (scikit-learn) on the training voices and noises; the
-   commit and resume thresholds are picked on a validation share of them by replaying
-   each overlap frame by frame, as the policy would.
+   recording decider holds the agent paused until 1.3 s after the onset and records the
+   model's feature vector (:func:`bargein.tier2.overlap_features`) at every frame:
+   exactly what the :class:`~bargein.tier2.ModelDecider` will see at run time. It also
+   asks the :class:`~bargein.decider.RuleDecider` along the way, for comparison.
+3. **Training.** A logistic regression and a small MLP (scikit-learn) on the training
+   voices and noises, the MLP kept only if it clearly wins; the commit and resume
+   thresholds are picked on a validation share of them by replaying each overlap frame
+   by frame, as the policy would.
 4. **Held-out evaluation** on voices, phrases, agent replies and noise families that
-   the training never saw: confusion matrices at 200/300/400 ms of overlap, and the
+   the training never saw: confusion matrices at 200/300/400/600 ms of overlap, and the
    decisions as the policy would take them, against the rule's.
 
 The clips and feature rows are cached in ``.cache/tier2`` under a key made of the data

@@ -12,8 +12,9 @@ two cannot drift apart:
 - :func:`overlap_features` summarises an :class:`~bargein.decider.Overlap` at a given
   moment: how long the sound has lasted, the energy contour, spectral shape, voicing and
   pitch movement, the VAD trajectory, the recogniser's partial words against the
-  backchannel and interrupt lexicons of :mod:`bargein.decider`, and the agent's context
-  (was its sentence under way a question; was it audible at all).
+  backchannel and interrupt lexicons of :mod:`bargein.decider`, what a second opinion
+  (Whisper) read of the sound, and the agent's context (was its sentence under way a
+  question, and how long ago did its question end; was it audible at all).
 - :class:`Tier2Model` is a small multilayer perceptron stored as numpy arrays
   (``models/tier2.npz``) and run with numpy alone.
 - :class:`ModelDecider` implements the :class:`~bargein.decider.Decider` protocol: it
