@@ -114,13 +114,14 @@ AGENT_TEXTS: tuple[str, ...] = (
 TRAIN_AGENT = (0, 1, 2, 3, 4, 5)
 HELD_AGENT = (6, 7)
 QUESTION_AGENT = (0, 1, 6)
-ANSWER_ZONE_AFTER_S = 1.5
+ANSWER_ZONE_AFTER_S = tier2.AFTER_QUESTION_S
 """On a reply that opens with a question, no backchannel begins between the start of the
 question's last word and this long after the question's end. A "yeah" there answers the
 question, and a person would take it for a bid (the rule does, up to
 ``RuleDecider.answer_window_s`` after the end); a backchannel drawn into that zone is moved
 past it by the zone's length. Inside the question, before its last word, a "yeah" can
-only be a backchannel."""
+only be a backchannel. The model's ``after_question`` input falls to 0 over the same
+span."""
 
 FLOOR_TRAIN = (
     "Can I ask you something about that?",

@@ -245,9 +245,8 @@ def agent_context_is_question(context: str) -> bool:
 
 
 AFTER_QUESTION_S: Final = 1.5
-"""How long after the end of the agent's question a sound counts as following it: the
-span where the training data has answers and no backchannel (``ANSWER_ZONE_AFTER_S`` in
-``scripts/train_tier2.py``)."""
+"""How long after the end of the agent's question a sound counts as following it; the
+training script keeps backchannels out of the same span (its ``ANSWER_ZONE_AFTER_S``)."""
 
 
 def after_question(after_question_s: float | None) -> float:
