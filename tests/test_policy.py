@@ -778,6 +778,20 @@ def test_an_early_backchannel_reading_holds_off_the_duration_commit() -> None:
     assert policy.state is Floor.TENTATIVE
     policy.handle(SpeechEnded(2.45))
     assert policy.handle(Words(2.5, ("okay", "okay"), final=True)) == [ResumeOutput(1)]
+    assert policy.interruptions[0].readings == ("okay",)
+
+
+def test_the_timeline_keeps_the_readings_the_decision_had() -> None:
+    policy = speaking_policy()
+    policy.handle(SpeechStarted(1.0))
+    voice(policy, 1.0, 1.4)
+    policy.handle(Reading(1.4, policy.utterance, ("mm",)))
+    policy.handle(SpeechEnded(1.5))
+    policy.handle(Words(1.6, ("um",), final=True, second_opinion=("mm", "hmm")))
+    record = policy.interruptions[0]
+    assert record.decision == "resume"
+    assert record.readings == ("mm", "final: mm hmm")
+    assert record.as_dict()["readings"] == ["mm", "final: mm hmm"]
 
 
 def test_voice_that_goes_on_past_the_backchannel_limit_commits() -> None:

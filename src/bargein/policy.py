@@ -332,12 +332,23 @@ class InterruptionRecord:
     paused."""
     played_at_decision: int = 0
     user_words: tuple[str, ...] = ()
+    readings: tuple[str, ...] = ()
+    """The second opinion's readings of the sound so far when tier 2 decided, oldest
+    first, and its final reading last if it had come (``final: ...``): what the decision
+    had to go on besides the open recogniser's :attr:`user_words`."""
     tokens_after_cancel: int | None = None
     heard_text: str | None = None
     recorded_text: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _readings(overlap: Overlap) -> tuple[str, ...]:
+    early = tuple(" ".join(r) for r in overlap.early_readings)
+    if overlap.second_opinion is None:
+        return early
+    return (*early, "final: " + " ".join(overlap.second_opinion))
 
 
 # ---------------------------------------------------------------------------------------
@@ -768,6 +779,7 @@ class FloorPolicy:
         record.decided_at = now
         record.played_at_decision = self._played
         record.user_words = self._overlap.latest_words
+        record.readings = _readings(self._overlap)
         overlap = self._overlap
         self._overlap = None
         self._record = None
