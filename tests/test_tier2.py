@@ -266,6 +266,36 @@ def test_a_short_uh_huh_resumes() -> None:
     assert verdict is not None and verdict.kind == "resume", verdict
 
 
+def test_a_reading_under_way_holds_the_models_decision() -> None:
+    """The model learnt from readings that come back at once; on the real clock one takes
+    0.2-0.5 s, and a decision meanwhile would see none. It waits, as the rule does, up to
+    0.4 s while the sound goes on and 0.8 s once it has ended."""
+    audio = _speechlike(1.2, level=0.15)
+    frames = _frames(audio, [0.95] * 37)
+    overlap = _overlap(frames, last_voiced_at=frames[-1].at)
+    overlap.partials = [(ONSET + 0.15, ("stop",)), (ONSET + 0.4, ("stop", "i", "need"))]
+    alone = _first_decision(ModelDecider(), overlap, ONSET + 1.2)
+    assert alone is not None and alone[0] == "commit" and alone[2] < 0.3, alone
+    overlap.reading_since = ONSET + 0.15
+    decider = ModelDecider()
+    assert decider.deadline(overlap, ONSET + 0.3) == pytest.approx(ONSET + 0.55)
+    held = _first_decision(decider, overlap, ONSET + 1.2)
+    assert held is not None and held[0] == "commit", held
+    assert 0.55 <= held[2] < 0.55 + FRAME / RATE
+    overlap.reading_since = None  # the reading came back
+    verdict = decider.decide(overlap, ONSET + 0.3)
+    assert verdict is not None and verdict.kind == "commit"
+    # Once the sound has ended, its final reading gets longer.
+    quiet = np.concatenate([_speechlike(0.3, level=0.1, seed=4), np.zeros(30 * FRAME, np.float32)])
+    frames = _frames(quiet, [0.9] * 9 + [0.1] * 30)
+    overlap = _overlap(frames, last_voiced_at=frames[8].at, final_words=("uh", "huh"))
+    overlap.speech_active, overlap.speech_ended_at = False, frames[12].at
+    overlap.reading_since = frames[12].at
+    assert decider.decide(overlap, frames[12].at + 0.7) is None
+    verdict = decider.decide(overlap, frames[12].at + 0.8)
+    assert verdict is not None and verdict.kind == "resume", verdict
+
+
 def _short_yeah(after_question_s: float | None) -> tuple[str, str] | None:
     """A short voiced sound whose words are "yeah", asked at every frame until decided."""
     audio = np.concatenate([_speechlike(0.3, level=0.1, seed=4), np.zeros(12 * FRAME, np.float32)])

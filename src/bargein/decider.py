@@ -319,6 +319,22 @@ def only_backchannel(words: tuple[str, ...], phrases: Sequence[str] = BACKCHANNE
     return not after_backchannels(words, phrases)
 
 
+def reading_due(overlap: Overlap, while_voiced_s: float, after_end_s: float) -> float | None:
+    """Until when a decision waits for the reading under way (None: none is under way).
+
+    ``while_voiced_s`` after the reading began while the sound goes on, ``after_end_s``
+    once it has ended: the final reading decides a short sound, and it may queue behind a
+    reading of the sound so far. Over an echo (:attr:`Overlap.over_echo`) only the
+    shorter wait (:class:`RuleDecider` says why).
+    """
+    since = overlap.reading_since
+    if since is None:
+        return None
+    if overlap.speech_active or overlap.over_echo:
+        return since + while_voiced_s
+    return since + after_end_s
+
+
 @dataclass
 class RuleDecider:
     """The default tier-2 rule.
@@ -474,21 +490,14 @@ class RuleDecider:
             due = self._duration_due(overlap)
         elif overlap.final_words is None and overlap.speech_ended_at is not None:
             due = overlap.speech_ended_at + self.final_wait_s
-        if due is not None and now >= due and overlap.reading_since is not None:
-            due = overlap.reading_since + self._reading_wait(overlap)  # the reading's time is up
+        if due is not None and now >= due:
+            waited = reading_due(overlap, self.reading_wait_s, self.final_reading_wait_s)
+            due = waited if waited is not None else due  # the reading's time is up
         return due if due is not None and now < due else None
 
-    def _reading_wait(self, overlap: Overlap) -> float:
-        if overlap.speech_active or overlap.over_echo:
-            # Over an echo, the rule without the reading resumes on one or two open words
-            # (the canceller's residue) rather than commit, so a longer wait would only
-            # keep the agent paused while the user may be starting to talk.
-            return self.reading_wait_s
-        return self.final_reading_wait_s
-
     def _reading_awaited(self, overlap: Overlap, now: float) -> bool:
-        since = overlap.reading_since
-        return since is not None and now < since + self._reading_wait(overlap)
+        due = reading_due(overlap, self.reading_wait_s, self.final_reading_wait_s)
+        return due is not None and now < due
 
     def _command(self, reading: tuple[str, ...]) -> str | None:
         """The reading as a command ("" words or backchannels only: None)."""

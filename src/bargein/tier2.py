@@ -54,6 +54,7 @@ from bargein.decider import (
     VoiceOnlyDecider,
     normalize_words,
     only_backchannel,
+    reading_due,
 )
 from bargein.playout import final_mark
 from bargein.providers.base import FloatAudio
@@ -517,6 +518,13 @@ class ModelDecider:
     - at ``max_wait_s`` after the onset it takes the likelier side, and commits if a
       voice is still going;
     - like the rule, resumes at once when the sound ended without one voiced frame;
+    - like the rule, holds a decision while a reading of the sound is under way
+      (:attr:`Overlap.reading_since`), up to ``reading_wait_s`` after it began while the
+      sound goes on and ``final_reading_wait_s`` once it has ended. The model was
+      trained on readings that come back at once; on the real clock one takes 0.2-0.5 s,
+      and a decision meanwhile sees no reading where the model expects one: it took
+      "mm-hmm" and "makes sense" for bids before their first reading came back, and
+      resumed over "Hold it." before its final one did;
     - hands the overlap to ``fallback`` (the rule) when the model is unavailable or the
       input is unlike its training data; the reason then starts with
       ``model unavailable:`` or ``fallback:``.
@@ -533,6 +541,8 @@ class ModelDecider:
     max_wait_s: float = MAX_WAIT_S
     audio_wait_s: float = 0.1
     """How long to wait for the first audio frame before deciding without the model."""
+    reading_wait_s: float = RuleDecider.reading_wait_s
+    final_reading_wait_s: float = RuleDecider.final_reading_wait_s
     narrowband_fallback: bool = False
     fallback: RuleDecider = field(default_factory=RuleDecider)
     last_probabilities: Vector | None = field(default=None, init=False)
@@ -586,9 +596,16 @@ class ModelDecider:
         if x is None:
             return None
         assert self.model is not None
-        assert self.commit_threshold is not None and self.resume_threshold is not None
         p = self.model.predict(x)
         self.last_probabilities = p
+        decision = self._judged(x, p, overlap, now)
+        waited = self._reading_due(overlap)
+        if decision is not None and waited is not None and now < waited:
+            return None  # the reading under way is part of what the model judges
+        return decision
+
+    def _judged(self, x: Vector, p: Vector, overlap: Overlap, now: float) -> Decision | None:
+        assert self.commit_threshold is not None and self.resume_threshold is not None
         floor = float(p[0])
         other = 1 + int(np.argmax(p[1:]))
         if floor >= self.commit_threshold:
@@ -602,6 +619,9 @@ class ModelDecider:
             return Decision("resume", f"model:{CLASSES[other]} {1.0 - floor:.2f} at deadline")
         return None
 
+    def _reading_due(self, overlap: Overlap) -> float | None:
+        return reading_due(overlap, self.reading_wait_s, self.final_reading_wait_s)
+
     def deadline(self, overlap: Overlap, now: float) -> float | None:
         if self.model is None:
             return self.fallback.deadline(overlap, now)
@@ -614,10 +634,11 @@ class ModelDecider:
         if check_input(frames, narrowband=self.narrowband_fallback) is not None:
             return self.fallback.deadline(overlap, now)
         # Every new frame re-asks; the deadline only matters if the frames stop coming.
-        for due in (overlap.onset_at + self.min_s, overlap.onset_at + self.max_wait_s):
-            if now < due:
-                return due
-        return None
+        dues = [overlap.onset_at + self.min_s, overlap.onset_at + self.max_wait_s]
+        waited = self._reading_due(overlap)
+        if waited is not None:
+            dues.append(waited)
+        return min((due for due in dues if now < due), default=None)
 
 
 DeciderKind = Literal["model", "rule", "duration", "vad"]
