@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 
+from bargein.bench.lagged_reader import LaggedReader
 from bargein.clock import VirtualEventLoop, run
 from bargein.policy import (
     Action,
@@ -703,7 +704,7 @@ class DeferredSpotter(ScriptedRecognizer):
 
 
 def deferred_session(
-    spotter: DeferredSpotter,
+    spotter: DeferredSpotter | LaggedReader,
     heard: Utterance = ([(1.2, ("look",))], ("look", "i")),
     spans: Sequence[tuple[float, float]] = ((1.0, 1.4), (9.0, 10.0)),
     until: float = 11.0,
@@ -1075,6 +1076,23 @@ def test_a_second_opinion_that_reads_so_far_can_commit_before_the_sound_ends(
     # The second reading decides, on the frame it is asked on.
     assert record.decided_at is not None and record.decided_at < 1.6
     assert record.decided_at == pytest.approx(spotter.peeks[1], abs=1e-3)
+
+
+def test_a_lagged_reading_answers_later_in_virtual_time() -> None:
+    """On the virtual clock a reading comes back at once unless it says how long it would
+    take (:class:`~bargein.clock.Lagged`): then the sound goes on meanwhile, the next
+    reading waits for it, and the decision comes with the answer, as on a busy machine."""
+    spotter = PeekingSpotter()
+    mumble: Utterance = ([(1.2, ("the",))], ("the", "top"))
+    session = deferred_session(LaggedReader(spotter, 0.3), mumble, [(1.0, 2.0)], until=4.0)
+    assert not session.errors
+    record = session.timeline[0]
+    assert (record.decision, record.reason) == ("commit", "spotted:stop")
+    # The first reading is asked for 0.3 s in and answers 0.3 s later; only then is the
+    # second asked for, and its answer, 0.3 s after that, commits.
+    assert len(spotter.peeks) == 2
+    assert spotter.peeks[1] - spotter.peeks[0] == pytest.approx(0.3, abs=0.033)
+    assert record.decided_at == pytest.approx(spotter.peeks[1] + 0.3, abs=1e-3)
 
 
 def test_no_reading_of_the_sound_so_far_starts_once_the_voice_has_stopped() -> None:

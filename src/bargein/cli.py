@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -223,6 +224,13 @@ def _bench(args: argparse.Namespace) -> int:
         options.echo = args.echo
     if args.share_reader and args.spotter != "whisper":
         print("bargein bench: --share-reader shares Whisper (--spotter whisper)", file=sys.stderr)
+        return 2
+    if args.reading_lag is not None and (args.clock != "virtual" or args.spotter != "whisper"):
+        print(
+            "bargein bench: --reading-lag delays Whisper's readings on the virtual clock "
+            "(--clock virtual --spotter whisper); on the real clock they take what they take",
+            file=sys.stderr,
+        )
         return 2
     rule_settings: dict[str, Any] = {}
     if args.no_early_resume:
@@ -489,6 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
         "bargein serve's sessions do, instead of each having its own model",
     )
     bench.add_argument(
+        "--reading-lag",
+        type=_reading_lag,
+        default=None,
+        metavar="S|LO-HI",
+        dest="reading_lag",
+        help="with --clock virtual and --spotter whisper: each of Whisper's readings comes "
+        "back S seconds (or between LO and HI) after it was asked for, as on a busy "
+        "machine, instead of at once",
+    )
+    bench.add_argument(
         "--answer-window",
         type=_answer_window,
         default=None,
@@ -701,6 +719,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reading_lag(text: str) -> tuple[float, float]:
+    from bargein.bench.lagged_reader import parse_lag
+
+    try:
+        return parse_lag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     """A duration on the command line: a number of seconds, zero or more."""
     try:
@@ -733,6 +760,11 @@ def _stack_factory(args: argparse.Namespace) -> Callable[[], Stack]:
         shared = getattr(stack.second_opinion, "reader", None)
         if args.share_reader and shared is not None and not readers:
             readers.append(shared)
+        if args.reading_lag is not None:
+            from bargein.bench.lagged_reader import LaggedReader
+
+            lagged = LaggedReader(stack.second_opinion, *args.reading_lag)
+            stack = dataclasses.replace(stack, second_opinion=lagged)
         return stack
 
     return make

@@ -11,6 +11,8 @@ allows.
 Blocking work (a TTS call, a recogniser step) must go through :func:`run_blocking`: on a
 real clock it runs in a worker thread so the audio path keeps moving; on a virtual clock
 it runs inline, because time must not jump ahead while a thread is still computing.
+Work wrapped in :class:`Lagged` says how long it would take on a real machine; the
+virtual clock then gives its answer that much later.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -88,10 +91,29 @@ async def sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, delay))
 
 
+@dataclass(frozen=True)
+class Lagged(Generic[T]):
+    """Work whose answer, on the virtual clock, comes ``seconds`` after it was asked for.
+
+    The virtual clock runs work at once, so everything else waits on nothing; a reading
+    that takes 0.3 s on a busy machine lets 0.3 s of audio and decisions go by before its
+    answer. On the real clock this is plain work: it takes what it takes.
+    """
+
+    work: Callable[[], T]
+    seconds: float
+
+    def __call__(self) -> T:
+        return self.work()
+
+
 async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """Run CPU-bound provider work without stalling a real-time audio path."""
     if is_virtual():
-        return fn(*args)
+        result = fn(*args)
+        if isinstance(fn, Lagged) and fn.seconds > 0:
+            await asyncio.sleep(fn.seconds)
+        return result
     return await asyncio.to_thread(fn, *args)
 
 
