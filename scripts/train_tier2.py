@@ -15,11 +15,14 @@ Four steps, all seeded, so the same machine and package versions give the same w
    delay and reverberation, as the benchmark's ``echo`` does.
 2. **Overlaps.** Each sample is a scenario (docs/scenarios.md) played through a real
    session by the benchmark runner on the virtual clock (Silero VAD, pocketsphinx,
-   Whisper's readings of the overlap, the agent's Piper voice, the floor policy). A
-   recording decider holds the agent paused until 1.3 s after the onset and records the
-   model's feature vector (:func:`bargein.tier2.overlap_features`) at every frame:
-   exactly what the :class:`~bargein.tier2.ModelDecider` will see at run time. It also
-   asks the :class:`~bargein.decider.RuleDecider` along the way, for comparison.
+   Whisper's readings of the overlap, the agent's Piper voice, the floor policy). Each
+   reading comes back 0.1-0.5 s after it was asked for (:data:`READING_LAG_S`), as on a
+   busy 2-core machine. A recording decider holds the agent paused until 2 s after the
+   onset and records the model's feature vector
+   (:func:`bargein.tier2.overlap_features`) at every frame where the
+   :class:`~bargein.tier2.ModelDecider` would decide (not while it waits for a reading):
+   exactly what it will see at run time. It also asks the
+   :class:`~bargein.decider.RuleDecider` along the way, for comparison.
 3. **Training.** A logistic regression and a small MLP (scikit-learn) on the training
    voices and noises, the MLP kept only if it clearly wins; the commit and resume
    thresholds are picked on a validation share of them by replaying each overlap frame
@@ -31,8 +34,8 @@ Four steps, all seeded, so the same machine and package versions give the same w
 The clips and feature rows are cached in ``.cache/tier2`` under a key made of the data
 version and the feature code, so retraining after a change elsewhere is quick.
 ``--extra-scenarios DIR`` adds a folder of scenarios (labels from each ``kind``:
-``barge_in``/``short_command``/``thinking`` are floor bids, ``backchannel``, ``noise``,
-``echo``; other kinds by ``expect``) to the training data.
+``barge_in``/``short_command`` are floor bids, ``backchannel``, ``noise``, ``echo``;
+other kinds, ``thinking`` among them, by ``expect``) to the training data.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from scipy.signal import fftconvolve
 from bargein import tier2
 from bargein.audio import first_audible, last_audible, resample, window_dbfs, write_wav
 from bargein.builtin_set import band_pass
-from bargein.decider import Decision, Overlap, RuleDecider
+from bargein.decider import Decision, Overlap, RuleDecider, reading_due
 from bargein.echo import EchoMode
 from bargein.espeak import SpeakRequest, synthesize_batch
 from bargein.tier2 import CLASSES, FEATURE_NAMES, Tier2Model
@@ -68,18 +71,29 @@ from bargein.tier2 import CLASSES, FEATURE_NAMES, Tier2Model
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "tier2"
 DEFAULT_OUT = ROOT / "src" / "bargein" / "models" / "tier2.npz"
-DATA_VERSION = "tier2-data/5"
+DATA_VERSION = "tier2-data/6"
 """2: each clip played to a reset recogniser, as each benchmark scenario is (version 1 kept
 one PocketSphinx decoder adapting across the clips of a worker). 3: backchannels kept out
 of the answer zone of a reply that opens with a question (:data:`ANSWER_ZONE_AFTER_S`).
 4: the recording decider tells overlaps apart by the objects, not by their id()
 (:class:`RecordingDecider`). 5: each clip played with Whisper as the second opinion, as
-the default session is."""
+the default session is. 6: Whisper's readings take time (:data:`READING_LAG_S`), rows only
+where the model would decide and up to 2 s after the onset (:data:`HORIZON_S`), and
+backchannels while the agent is thinking."""
+READING_LAG_S = (0.1, 0.5)
+"""How long each of Whisper's readings takes, in virtual time: on the virtual clock a
+reading comes back at once, and a model trained so expected a reading where, on a real
+machine, none had come yet (it took "mm-hmm" for a bid 0.45 s in, before its first
+reading). A reading with three sessions on the 2-core AMD EPYC takes 0.2-0.5 s."""
 SR = 16000
-HORIZON_S = 1.3
-"""How long after the onset the recording decider holds the overlap open."""
-END_HOLD_S = 0.6
-"""... or how long after the sound ended, if that comes first."""
+HORIZON_S = 2.0
+"""How long after the onset the recording decider holds the overlap open: the model's
+last word at 1.2 s (:data:`bargein.tier2.MAX_WAIT_S`), put off by up to 0.8 s for a
+reading under way (data version 6; until then 1.3 s, and a short command's final reading,
+late, left hardly a row in which it was known)."""
+END_HOLD_S = 1.0
+"""... or how long after the sound ended, if that comes first: the final reading's wait
+and a little more (until data version 6, 0.6 s)."""
 CHUNK = 40
 """Samples per worker task; each task loads its own models, so rows do not depend on
 how many workers ran."""
@@ -323,6 +337,7 @@ def build_samples() -> list[Sample]:
         ("backchannel", "backchannel", 160, 40, BACKCHANNEL_TRAIN, BACKCHANNEL_HELD),
         ("floor", "answer", 50, 14, ANSWER_TRAIN, ANSWER_HELD),
         ("floor", "thinking", 20, 6, FLOOR_TRAIN, FLOOR_HELD),
+        ("backchannel", "thinking_backchannel", 24, 6, BACKCHANNEL_TRAIN, BACKCHANNEL_HELD),
     )
     for label, kind, n_train, n_held, train_texts, held_texts in plan:
         for held, count, texts in ((False, n_train, train_texts), (True, n_held, held_texts)):
@@ -344,7 +359,7 @@ def build_samples() -> list[Sample]:
                     aug=_augment(rng),
                     kind=kind,
                 )
-                if kind == "thinking":
+                if kind in ("thinking", "thinking_backchannel"):
                     sample.anchor, sample.at_s = "reply", round(float(rng.uniform(0.0, 0.12)), 3)
                 elif kind == "answer":
                     sample.at_s = -1.0  # just after the question: set once it is timed
@@ -745,8 +760,12 @@ class RecordingDecider:
     def decide(self, overlap: Overlap, now: float) -> Decision | None:
         index = self._index(overlap)
         t = now - overlap.onset_at
+        model = tier2.ModelDecider
+        waited = reading_due(overlap, model.reading_wait_s, model.final_reading_wait_s)
         if index < self.max_overlaps:
-            x = tier2.overlap_features(overlap, now)
+            # No row while the model would wait for a reading under way: it never
+            # decides there, and those frames lack the reading it waits for.
+            x = tier2.overlap_features(overlap, now) if waited is None or now >= waited else None
             if x is not None:
                 if self.rows and self.rows[-1][0] == index and abs(self.rows[-1][1] - t) < 1e-9:
                     self.rows[-1] = (index, t, x)
@@ -778,6 +797,7 @@ def run_chunk(
 ]:
     """Play scenarios through a fresh stack; each one's rows and the rule's verdicts."""
     from bargein.bench import runner
+    from bargein.bench.lagged_reader import LaggedReader
     from bargein.bench.runner import RunOptions, default_stack, run_scenario
     from bargein.clock import run
     from bargein.policy import PolicyConfig
@@ -791,6 +811,7 @@ def run_chunk(
     # Whisper reads each overlap as the default session's second opinion does: its
     # readings are among the model's inputs, and the rule's verdicts are the default's.
     stack = default_stack(spotter="whisper")
+    stack = replace(stack, second_opinion=LaggedReader(stack.second_opinion, *READING_LAG_S))
     from bargein.providers.silero import SileroVAD
 
     if "second_cut" in inspect.signature(SileroVAD).parameters:
@@ -805,7 +826,7 @@ def run_chunk(
         recorder = RecordingDecider(doc["label"])
         at = max((e["at_s"] for e in doc["events"]), default=0.0)
         # Long enough for the agent's first sound, the event and the horizon; no more.
-        limit = at + 2.2 if doc["events"] else 3.5
+        limit = at + HORIZON_S + 0.9 if doc["events"] else 3.5
         options = RunOptions(decider_factory=lambda r=recorder: r, max_s=limit)  # type: ignore[misc]
         options.echo = cast(EchoMode, doc.get("echo_mode", "off"))
         run(run_scenario(scenario, stack, options), "virtual")
@@ -814,10 +835,12 @@ def run_chunk(
 
 
 def label_of(kind: str, expect: str, has_text: bool) -> str | None:
-    if kind in ("barge_in", "short_command", "thinking", "answer"):
+    if kind in ("barge_in", "short_command", "answer"):
         return "floor"
     if kind in ("backchannel", "noise", "echo"):
         return kind
+    if kind == "thinking_backchannel":
+        return "backchannel"
     if kind in ("near_end", "silence"):
         return None
     if expect == "interrupt":
@@ -889,12 +912,14 @@ def collect(paths: list[Path], jobs: int) -> dict[str, Any]:
 
 
 def cache_key(samples: list[Sample]) -> str:
-    """The data version, the samples and the feature code: what the rows depend on."""
+    """The data version, the samples, the feature code and the recording: what the rows
+    depend on."""
     digest = hashlib.sha256()
     digest.update(DATA_VERSION.encode())
     digest.update(repr(samples).encode())
     digest.update(repr((FEATURE_NAMES, tier2.FRAME_FEATURE_NAMES)).encode())
-    for fn in (tier2.frame_features, tier2.overlap_features):
+    digest.update(repr((HORIZON_S, END_HOLD_S, READING_LAG_S)).encode())
+    for fn in (tier2.frame_features, tier2.overlap_features, RecordingDecider, run_chunk):
         digest.update(inspect.getsource(fn).encode())
     return digest.hexdigest()[:16]
 
@@ -1065,14 +1090,15 @@ def print_confusion(title: str, matrix: npt.NDArray[np.int64]) -> list[str]:
 
 def decision_report(title: str, data: Data, verdicts: list[tuple[str, str, float]]) -> list[str]:
     lines = [title]
-    groups: dict[str, list[tuple[str, float]]] = {}
+    groups: dict[str, list[tuple[str, float, bool]]] = {}
     for name, kind, t in verdicts:
-        groups.setdefault(data.kinds[name], []).append((kind, t))
+        floor = data.labels[name] == "floor"
+        groups.setdefault(data.kinds[name], []).append((kind, t, floor))
     for group, items in sorted(groups.items()):
-        floor = group in ("barge_in", "short_command", "thinking", "answer")
-        wrong = sum(1 for kind, _ in items if (kind == "commit") != floor)
-        times = np.array([t * 1000 for kind, t in items if kind != "none"])
-        what = "missed" if floor else "false int."
+        wrong = sum(1 for kind, _, floor in items if (kind == "commit") != floor)
+        times = np.array([t * 1000 for kind, t, _ in items if kind != "none"])
+        floors = sum(1 for _, _, floor in items if floor)
+        what = "missed" if floors == len(items) else "false int." if not floors else "wrong"
         p50 = f"{np.percentile(times, 50):4.0f}" if times.size else "   -"
         p95 = f"{np.percentile(times, 95):4.0f}" if times.size else "   -"
         lines.append(
