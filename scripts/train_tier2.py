@@ -32,7 +32,8 @@ Four steps, all seeded, so the same machine and package versions give the same w
    decisions as the policy would take them, against the rule's.
 
 The clips and feature rows are cached in ``.cache/tier2`` under a key made of the data
-version and the feature code, so retraining after a change elsewhere is quick.
+version, the samples, the feature code and the recording, so retraining after a change
+elsewhere is quick.
 ``--extra-scenarios DIR`` adds a folder of scenarios (labels from each ``kind``:
 ``barge_in``/``short_command`` are floor bids, ``backchannel``, ``noise``, ``echo``;
 other kinds, ``thinking`` among them, by ``expect``) to the training data.
@@ -84,7 +85,8 @@ READING_LAG_S = (0.1, 0.5)
 """How long each of Whisper's readings takes, in virtual time: on the virtual clock a
 reading comes back at once, and a model trained so expected a reading where, on a real
 machine, none had come yet (it took "mm-hmm" for a bid 0.45 s in, before its first
-reading). A reading with three sessions on the 2-core AMD EPYC takes 0.2-0.5 s."""
+reading). On the 2-core machines a reading takes up to 0.5 s with three sessions at
+once, and on the slower Intel ones up to 0.8 s."""
 SR = 16000
 HORIZON_S = 2.0
 """How long after the onset the recording decider holds the overlap open: the model's

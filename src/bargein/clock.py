@@ -95,9 +95,9 @@ async def sleep_until(deadline: float) -> None:
 class Lagged(Generic[T]):
     """Work whose answer, on the virtual clock, comes ``seconds`` after it was asked for.
 
-    The virtual clock runs work at once, so everything else waits on nothing; a reading
-    that takes 0.3 s on a busy machine lets 0.3 s of audio and decisions go by before its
-    answer. On the real clock this is plain work: it takes what it takes.
+    The virtual clock runs work at once, and its answer comes before the next frame; on a
+    busy machine a reading that takes 0.3 s lets 0.3 s of audio and decisions go by first.
+    On the real clock this is plain work: it takes what it takes.
     """
 
     work: Callable[[], T]

@@ -293,8 +293,8 @@ def _reading_features(overlap: Overlap) -> list[float]:
     readings = [normalize_words(r) for r in overlap.early_readings]
     commands = [bool(r) and not only_backchannel(r, BACKCHANNEL_PHRASES) for r in readings]
     latest = readings[-1] if readings else ()
-    chosen = bool(overlap.early_chosen and overlap.early_chosen[-1])
     chosen_at = overlap.early_chosen
+    chosen = bool(chosen_at) and chosen_at[-1]
     backchannels = [  # heard outright, not chosen as the nearest phrase
         bool(r) and not command and not (i < len(chosen_at) and chosen_at[i])
         for i, (r, command) in enumerate(zip(readings, commands, strict=True))
@@ -538,11 +538,11 @@ class ModelDecider:
     - like the rule, resumes at once when the sound ended without one voiced frame;
     - like the rule, holds a decision while a reading of the sound is under way
       (:attr:`Overlap.reading_since`), up to ``reading_wait_s`` after it began while the
-      sound goes on and ``final_reading_wait_s`` once it has ended. The model was
-      trained on readings that come back at once; on the real clock one takes 0.2-0.5 s,
-      and a decision meanwhile sees no reading where the model expects one: it took
-      "mm-hmm" and "makes sense" for bids before their first reading came back, and
-      resumed over "Hold it." before its final one did;
+      sound goes on and ``final_reading_wait_s`` once it has ended. On the real clock a
+      reading takes 0.1-0.5 s, and the model learnt from the moments after such a wait
+      (the training data's readings are as late); deciding meanwhile, weights trained
+      on readings that came back at once took "mm-hmm" and "makes sense" for bids before
+      their first reading was in;
     - hands the overlap to ``fallback`` (the rule) when the model is unavailable or the
       input is unlike its training data; the reason then starts with
       ``model unavailable:`` or ``fallback:``.
