@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bargein.clock import Lagged
-from bargein.providers.base import FloatAudio, start_afresh
+from bargein.providers.base import FloatAudio
 
 
 class LaggedReader:
@@ -71,17 +71,10 @@ class LaggedReader:
     def finish_later(self) -> Callable[[], Sequence[str]]:
         return Lagged(self.inner.finish_later(), self.lag(final=True))
 
-    def drop_later(self) -> None:
-        drop = getattr(self.inner, "drop_later", None)
-        if drop is not None:
-            drop()
-
-    def reset(self) -> None:
-        start_afresh(self.inner)
-
     def __getattr__(self, name: str) -> Any:
-        # What else the session or the benchmark asks of the reader (its ``reader``, its
-        # ``last`` reading) is the inner one's.
+        # What else the session or the benchmark asks of the reader is the inner one's,
+        # or missing as there: ``drop_later``, ``reset`` (see
+        # :func:`~bargein.providers.base.start_afresh`), its ``reader``, its ``last``.
         return getattr(self.inner, name)
 
 
